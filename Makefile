@@ -1,0 +1,14 @@
+# The two commands of the README, and what they share.
+.PHONY: demo test setup lint
+
+demo: setup
+	.venv/bin/python manage.py demo
+
+test: setup
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+setup:
+	bash scripts/bootstrap
+
+lint: setup
+	.venv/bin/ruff check .

