@@ -1,0 +1,34 @@
+"""manage.py apply_config perfgate.yaml [--dry-run]: configuration as code."""
+
+from django.core.management.base import BaseCommand, CommandError
+
+from gates.config import ConfigError, config_apply, load_config
+from gates.management.commands._common import USAGE_ERROR, cli_actor
+
+
+class Command(BaseCommand):
+    help = (
+        "Create or update projects, environments, scenarios and rules from a perfgate.yaml, "
+        "idempotently; print what changed."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("config_file", metavar="FILE")
+        parser.add_argument("--dry-run", action="store_true", help="Print the changes without applying them.")
+
+    def handle(self, *args, **options):
+        try:
+            projects, source = load_config(options["config_file"])
+        except ConfigError as exc:
+            raise CommandError(f"Nothing was applied. {exc}", returncode=USAGE_ERROR) from exc
+        changes = config_apply(
+            projects=projects, source=source, actor=cli_actor(), dry_run=options["dry_run"]
+        )
+        for change in changes:
+            self.stdout.write(str(change))
+        if options["dry_run"]:
+            self.stdout.write(f"Dry run: {len(changes)} change(s) would be applied; nothing was written.")
+        elif changes:
+            self.stdout.write(self.style.SUCCESS(f"Applied {len(changes)} change(s) from {source}."))
+        else:
+            self.stdout.write(f"No changes: the database already matches {source}.")

@@ -1,0 +1,525 @@
+"""The gate's records: what is gated (projects, environments, scenarios, rules), what was asked
+(validations), what was measured (runs, metric observations), what was decided (check results)
+and the audit log of every decision.
+
+State changes go through ``gates.services``; audit rows through ``gates.audit``.
+"""
+
+import uuid
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+
+from gates import rules
+
+
+class Verdict(models.TextChoices):
+    PASS = "pass"  # noqa: S105 - a verdict, not a password
+    WARN = "warn"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+    NO_BASELINE = "no_baseline", "no baseline"
+    ERROR = "error"
+
+
+class Severity(models.TextChoices):
+    KEY = "key", "key (can block)"
+    INFO = "info", "info (can only warn)"
+
+
+class ConfigSourced(models.Model):
+    """Settings that `manage.py apply_config` may own: the admin shows which file set them."""
+
+    config_source = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="The perfgate.yaml that last set this; empty when it was made in the admin. "
+        "Edits made here are overwritten the next time that file is applied.",
+    )
+
+    class Meta:
+        abstract = True
+
+
+class Project(ConfigSourced):
+    """A deployable service, with the hosts its load tests may target."""
+
+    slug = models.SlugField(max_length=100, unique=True)
+    name = models.CharField(max_length=200)
+    repository = models.CharField(max_length=200, blank=True, help_text="GitHub owner/name.")
+    vercel_project_id = models.CharField(max_length=100, blank=True)
+    allowed_hosts = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Hosts load tests may hit: exact names or wildcards such as "*.vercel.app".',
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+        permissions = [
+            ("approve_bypass", "Can approve emergency bypasses"),
+            ("block_deployment", "Can block a deployment by hand"),
+            ("change_thresholds", "Can change thresholds and scenarios"),
+            ("trigger_rollback", "Can trigger a rollback"),
+        ]
+
+    def __str__(self):
+        return self.slug
+
+
+class Environment(ConfigSourced):
+    """Staging or production of one project, with its policy.
+
+    ``mode`` enforce blocks; shadow only records what enforcement would have done.
+    ``fail_closed`` decides whether an error or an inconclusive verdict blocks.
+    """
+
+    class Name(models.TextChoices):
+        STAGING = "staging"
+        PRODUCTION = "production"
+
+    class Mode(models.TextChoices):
+        ENFORCE = "enforce"
+        SHADOW = "shadow"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="environments")
+    name = models.CharField(max_length=20, choices=Name.choices)
+    mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.ENFORCE)
+    fail_closed = models.BooleanField(
+        default=False, help_text="Block when no verdict can be reached (error or inconclusive)."
+    )
+    require_staging_pass = models.BooleanField(
+        default=False, help_text="A passing staging validation of the same git hash is required first."
+    )
+    bypass_approvals = models.PositiveSmallIntegerField(
+        default=1, help_text="Distinct approvers an emergency bypass needs."
+    )
+    auto_baseline = models.BooleanField(
+        default=True, help_text="A validation whose verdict is pass becomes the next baseline version."
+    )
+
+    class Meta:
+        ordering = ["project__slug", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="environment_unique_per_project"),
+            models.CheckConstraint(
+                condition=Q(bypass_approvals__gte=1), name="environment_bypass_approvals_min_1"
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.project.slug}/{self.name}"
+
+    @property
+    def enforced(self) -> bool:
+        return self.mode == self.Mode.ENFORCE
+
+    def would_block(self, verdict: str) -> bool:
+        """What enforcement does with a verdict: a fail always blocks; an error or an
+        inconclusive result blocks only in a fail-closed environment."""
+        if verdict == Verdict.FAIL:
+            return True
+        return self.fail_closed and verdict in (Verdict.ERROR, Verdict.INCONCLUSIVE)
+
+    def outcome_for(self, verdict: str) -> tuple[str, bool]:
+        """(status, deployment_allowed) for a verdict under this environment's policy."""
+        if self.enforced and self.would_block(verdict):
+            return Validation.Status.BLOCKED, False
+        if verdict == Verdict.ERROR:
+            # No trustworthy verdict, and policy lets it through: proceed, loudly.
+            return Validation.Status.FAILED, True
+        return Validation.Status.PASSED, True
+
+
+class Scenario(ConfigSourced):
+    """A registered load test. CI picks one by name; the script lives here, never in a request."""
+
+    class Tool(models.TextChoices):
+        K6 = "k6"
+        LOCUST = "locust"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="scenarios")
+    name = models.CharField(max_length=100)
+    tool = models.CharField(max_length=10, choices=Tool.choices, default=Tool.K6)
+    script_text = models.TextField(
+        help_text="The k6 script (or locustfile). It reads the target from TARGET_URL."
+    )
+    script_path = models.CharField(max_length=500, blank=True, help_text="Where the script came from.")
+    target_url = models.CharField(
+        max_length=500, blank=True, help_text="Default target; a request may name another."
+    )
+    vus = models.PositiveIntegerField(default=10)
+    duration_seconds = models.PositiveIntegerField(default=30)
+    max_vus = models.PositiveIntegerField(default=50, help_text="The most VUs a request may ask for.")
+    max_duration_seconds = models.PositiveIntegerField(
+        default=300, help_text="The longest a request may ask for."
+    )
+    arrival_rate = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Iterations per second (open model); empty: VUs loop (closed model)."
+    )
+    warmup_seconds = models.PositiveIntegerField(default=0, help_text="Ramp-up before measuring.")
+    min_requests = models.PositiveIntegerField(
+        default=100, help_text="Fewer requests than this is an error (insufficient load), never a pass."
+    )
+    is_default = models.BooleanField(default=False, help_text="Runs when a request names no scenario.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["project__slug", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="scenario_unique_per_project"),
+            models.UniqueConstraint(
+                fields=["project"], condition=Q(is_default=True), name="scenario_one_default_per_project"
+            ),
+            models.CheckConstraint(condition=Q(vus__lte=models.F("max_vus")), name="scenario_vus_within_max"),
+            models.CheckConstraint(
+                condition=Q(duration_seconds__lte=models.F("max_duration_seconds")),
+                name="scenario_duration_within_max",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.project.slug}/{self.name}"
+
+    def clean(self):
+        errors = {}
+        if self.vus and self.max_vus and self.vus > self.max_vus:
+            errors["vus"] = f"{self.vus} VUs exceeds the scenario's maximum of {self.max_vus}."
+        if (
+            self.duration_seconds
+            and self.max_duration_seconds
+            and self.duration_seconds > self.max_duration_seconds
+        ):
+            errors["duration_seconds"] = (
+                f"{self.duration_seconds}s exceeds the scenario's maximum of {self.max_duration_seconds}s."
+            )
+        if errors:
+            raise ValidationError(errors)
+
+
+class ThresholdRule(ConfigSourced):
+    """One check on one metric of one scenario, in some or all environments of its project.
+
+    Absolute rules use k6's threshold syntax (``p(95)<400`` on ``http_req_duration{name:rsvp}``);
+    relative rules compare an aggregation with the active baseline. A ``key`` rule can block,
+    an ``info`` rule can only warn.
+    """
+
+    class Kind(models.TextChoices):
+        ABSOLUTE = "absolute"
+        RELATIVE = "relative"
+
+    class Direction(models.TextChoices):
+        AUTO = "auto", "by metric (latency and errors up is worse, throughput down is worse)"
+        UP = "up", "an increase is worse"
+        DOWN = "down", "a decrease is worse"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="rules")
+    scenario = models.ForeignKey(Scenario, on_delete=models.CASCADE, related_name="rules")
+    environments = models.ManyToManyField(
+        Environment, blank=True, related_name="rules", help_text="Empty: every environment of the project."
+    )
+    metric = models.CharField(
+        max_length=300, help_text="k6 metric with optional tag filter: http_req_duration{name:rsvp}"
+    )
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.ABSOLUTE)
+    threshold = models.CharField(
+        max_length=100, blank=True, help_text="Absolute rules: k6 threshold, e.g. p(95)<400"
+    )
+    aggregation = models.CharField(
+        max_length=20, blank=True, help_text="Relative rules: e.g. p(95), avg, rate"
+    )
+    warn_pct = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Relative rules: warn from this change in %. Empty with fail % empty: "
+        "the PERFGATE_RELATIVE_WARN_PCT setting.",
+    )
+    fail_pct = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Relative rules: fail from this change in %. Empty: the "
+        "PERFGATE_RELATIVE_FAIL_PCT setting.",
+    )
+    floor = models.FloatField(
+        default=0.0,
+        help_text="Relative rules: ignore changes smaller than this, in the metric's unit (5 = 5 ms).",
+    )
+    direction = models.CharField(max_length=4, choices=Direction.choices, default=Direction.AUTO)
+    severity = models.CharField(max_length=4, choices=Severity.choices, default=Severity.KEY)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["project__slug", "scenario__name", "id"]
+        indexes = [models.Index(fields=["scenario", "kind"], name="rule_scenario_kind")]
+
+    def __str__(self):
+        return self.label
+
+    @property
+    def label(self) -> str:
+        if self.kind == self.Kind.RELATIVE:
+            return f"{self.metric} {self.aggregation} relative"
+        return f"{self.metric}: {self.threshold}"
+
+    def clean(self):
+        try:
+            self.to_spec()
+        except rules.RuleSyntaxError as exc:
+            field = "threshold" if self.kind == self.Kind.ABSOLUTE else "aggregation"
+            if str(exc).startswith("metric"):
+                field = "metric"
+            raise ValidationError({field: str(exc)}) from exc
+        if self.scenario_id and self.project_id and self.scenario.project_id != self.project_id:
+            raise ValidationError({"scenario": "The scenario belongs to another project."})
+
+    def to_spec(self) -> "rules.AbsoluteRule | rules.RelativeRule":
+        """The pure rule the engine evaluates; raises RuleSyntaxError for a bad expression."""
+        return rules.rule_from_fields(
+            label=self.label,
+            kind=self.kind,
+            metric=self.metric,
+            threshold=self.threshold,
+            aggregation=self.aggregation,
+            warn_pct=self.warn_pct if self.fail_pct is not None else settings.PERFGATE_RELATIVE_WARN_PCT,
+            fail_pct=self.fail_pct if self.fail_pct is not None else settings.PERFGATE_RELATIVE_FAIL_PCT,
+            floor=self.floor,
+            direction=self.direction,
+            severity=self.severity,
+        )
+
+
+class Validation(models.Model):
+    """One request to validate one build in one environment: it owns its runs, its check
+    results and its verdict. ``status`` and ``deployment_allowed`` are what CI acts on."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        PASSED = "passed"
+        BLOCKED = "blocked"
+        FAILED = "failed"
+        BYPASSED = "bypassed"
+
+    PENDING_STATUSES = (Status.QUEUED, Status.RUNNING)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="validations")
+    environment = models.ForeignKey(Environment, on_delete=models.PROTECT, related_name="validations")
+    scenario = models.ForeignKey(
+        Scenario, on_delete=models.PROTECT, null=True, blank=True, related_name="validations"
+    )
+    build_id = models.CharField(max_length=200)
+    git_hash = models.CharField(max_length=64)
+    branch = models.CharField(max_length=255, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    verdict = models.CharField(max_length=12, choices=Verdict.choices, blank=True)
+    deployment_allowed = models.BooleanField(null=True)
+    would_block = models.BooleanField(default=False)
+    status_reason = models.TextField(blank=True)
+    manual_block_reason = models.TextField(blank=True, help_text="Set when ops closed the gate by hand.")
+    blocking_reasons = models.JSONField(default=list, blank=True)
+    test_config = models.JSONField(default=dict, blank=True)
+    deployment_context = models.JSONField(default=dict, blank=True)
+    requested_by = models.CharField(max_length=200, blank=True)
+    baseline = models.ForeignKey(
+        "baselines.Baseline",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The baseline version relative rules were compared with.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "environment", "build_id"], name="validation_unique_build_per_environment"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["project", "environment", "-created_at"], name="validation_history"),
+            models.Index(
+                fields=["project", "environment", "scenario", "-created_at"], name="validation_scn_history"
+            ),
+            models.Index(fields=["project", "git_hash"], name="validation_git_hash"),
+            models.Index(fields=["status"], name="validation_status"),
+        ]
+
+    def __str__(self):
+        return f"{self.project.slug}/{self.environment.name} {self.build_id}"
+
+    @property
+    def is_pending(self) -> bool:
+        return self.status in self.PENDING_STATUSES
+
+
+class Run(models.Model):
+    """One execution of a scenario, or one uploaded result set, of a validation."""
+
+    class Source(models.TextChoices):
+        EXECUTED = "executed"
+        UPLOADED = "uploaded"
+
+    validation = models.ForeignKey(Validation, on_delete=models.PROTECT, related_name="runs")
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="+")
+    environment = models.ForeignKey(Environment, on_delete=models.PROTECT, related_name="+")
+    scenario = models.ForeignKey(Scenario, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    source = models.CharField(max_length=10, choices=Source.choices)
+    tool = models.CharField(max_length=20)
+    results_format = models.CharField(max_length=30)
+    request_count = models.BigIntegerField(null=True, blank=True)
+    duration_seconds = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["project", "environment", "scenario", "-created_at"], name="run_history")
+        ]
+
+    def __str__(self):
+        return f"run {self.pk} of {self.validation_id}"
+
+
+class MetricObservation(models.Model):
+    """One normalized number of a run: (series, aggregation) → value.
+
+    Project, environment and scenario are copied from the run so that the history query is one
+    index range scan.
+    """
+
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, related_name="observations")
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="+")
+    environment = models.ForeignKey(Environment, on_delete=models.PROTECT, related_name="+")
+    scenario = models.ForeignKey(Scenario, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    series = models.CharField(max_length=300, help_text="Metric with its tag filter, in k6's spelling.")
+    metric = models.CharField(max_length=200)
+    tags = models.JSONField(default=dict, blank=True)
+    kind = models.CharField(max_length=10)
+    aggregation = models.CharField(max_length=32)
+    value = models.FloatField()
+    unit = models.CharField(max_length=16, blank=True)
+    samples = models.BigIntegerField(null=True, blank=True)
+    observed_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["project", "environment", "scenario", "series", "aggregation", "observed_at"],
+                name="observation_history",
+            ),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "series", "aggregation"], name="observation_unique_per_run"
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.series} {self.aggregation}={self.value}"
+
+
+class CheckResult(models.Model):
+    """The explained outcome of one rule for one validation."""
+
+    class Kind(models.TextChoices):
+        ABSOLUTE = "absolute"
+        RELATIVE = "relative"
+        LOAD = "load"
+
+    validation = models.ForeignKey(Validation, on_delete=models.PROTECT, related_name="checks")
+    run = models.ForeignKey(Run, on_delete=models.PROTECT, null=True, blank=True, related_name="checks")
+    rule = models.ForeignKey(
+        ThresholdRule,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="check_results",
+        help_text="Empty for the load check, rules from the request, and rules deleted since.",
+    )
+    position = models.PositiveSmallIntegerField()
+    label = models.CharField(max_length=400)
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    severity = models.CharField(max_length=4, choices=Severity.choices)
+    metric = models.CharField(max_length=300, blank=True)
+    aggregation = models.CharField(max_length=32, blank=True)
+    verdict = models.CharField(max_length=12, choices=Verdict.choices)
+    observed = models.FloatField(null=True, blank=True)
+    baseline_value = models.FloatField(null=True, blank=True)
+    limit = models.FloatField(null=True, blank=True)
+    change_pct = models.FloatField(null=True, blank=True)
+    p_value = models.FloatField(null=True, blank=True)
+    reason = models.TextField()
+
+    class Meta:
+        ordering = ["validation", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["validation", "position"], name="check_unique_position"),
+        ]
+
+    def __str__(self):
+        return f"{self.label}: {self.verdict}"
+
+
+class AuditEventQuerySet(models.QuerySet):
+    """The audit log only grows: bulk updates and deletes are refused in the model layer."""
+
+    def update(self, **kwargs):
+        raise PermissionError("Audit events are append-only; they cannot be updated.")
+
+    def delete(self):
+        raise PermissionError("Audit events are append-only; they cannot be deleted.")
+
+
+class AuditEvent(models.Model):
+    """An append-only, hash-chained record of a decision or a configuration change.
+
+    Written only by ``gates.audit.audit_record``. Names (project slug, actor, target) are copied
+    in, so the log still reads correctly after the objects it mentions change or disappear.
+    ``hash`` is SHA-256 over ``prev_hash`` and the canonical JSON of the event.
+    """
+
+    created_at = models.DateTimeField(db_index=True)
+    action = models.CharField(max_length=64, db_index=True)
+    actor = models.CharField(max_length=200, help_text='Who acted: "user:alice", "token:ci-main", "system".')
+    actor_user_id = models.BigIntegerField(null=True, blank=True)
+    project = models.CharField(max_length=100, blank=True, db_index=True)
+    environment = models.CharField(max_length=20, blank=True)
+    target_type = models.CharField(max_length=50, blank=True)
+    target_id = models.CharField(max_length=100, blank=True)
+    target_repr = models.CharField(max_length=300, blank=True)
+    reason = models.TextField(blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    objects = AuditEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["project", "environment", "-id"], name="audit_project_env"),
+            models.Index(fields=["target_type", "target_id"], name="audit_target"),
+        ]
+
+    def __str__(self):
+        return f"#{self.pk} {self.action} by {self.actor}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise PermissionError("Audit events are append-only; they cannot be changed.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise PermissionError("Audit events are append-only; they cannot be deleted.")

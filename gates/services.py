@@ -1,0 +1,450 @@
+"""Every state change of the gate. Each service is atomic, takes keyword-only arguments including
+the acting ``Actor``, and writes its audit event in the same transaction."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from baselines.selectors import baseline_active, baseline_value_for
+from baselines.services import baseline_promote
+from gates import rules, selectors
+from gates.audit import SYSTEM, Actor, audit_record
+from gates.errors import InvalidState, ServiceError
+from gates.models import (
+    CheckResult,
+    Environment,
+    MetricObservation,
+    Project,
+    Run,
+    Scenario,
+    Validation,
+    Verdict,
+)
+from gates.results import parse_results
+from gates.results.base import ParseError, ResultSet
+
+
+def validation_create(
+    *,
+    project: Project,
+    environment: Environment,
+    build_id: str,
+    git_hash: str,
+    actor: Actor,
+    scenario: Scenario | None = None,
+    branch: str = "",
+    test_config: dict | None = None,
+    deployment_context: dict | None = None,
+) -> tuple[Validation, bool]:
+    """Start a validation of one build, or return the one that exists: (validation, created).
+
+    One (project, environment, buildId) is one validation, whoever asks and however often; a
+    concurrent duplicate loses on the unique constraint and gets the winner's row.
+    """
+    if environment.project_id != project.pk:
+        raise ServiceError(
+            f"Environment {environment} does not belong to project {project.slug}.",
+            fields={"environment": ["Not an environment of this project."]},
+        )
+    existing = Validation.objects.filter(project=project, environment=environment, build_id=build_id).first()
+    if existing is not None:
+        return existing, False
+    test_config = test_config or {}
+    if scenario is None:
+        scenario = selectors.scenario_for(project, None)
+        if scenario is None:
+            raise ServiceError(
+                f"Project {project.slug} has no default scenario; name one in testConfig.scenario.",
+                fields={"testConfig.scenario": ["Required: the project has no default scenario."]},
+            )
+    try:
+        selectors.request_rules(test_config)
+    except rules.RuleSyntaxError as exc:
+        raise ServiceError(str(exc), fields={"testConfig.thresholds": [str(exc)]}) from exc
+    try:
+        with transaction.atomic():
+            validation = Validation.objects.create(
+                project=project,
+                environment=environment,
+                scenario=scenario,
+                build_id=build_id,
+                git_hash=git_hash,
+                branch=branch,
+                test_config=test_config,
+                deployment_context=deployment_context or {},
+                requested_by=actor.label,
+            )
+            audit_record(
+                action="validation.requested",
+                actor=actor,
+                target=validation,
+                project=project.slug,
+                environment=environment.name,
+                data={
+                    "build_id": build_id,
+                    "git_hash": git_hash,
+                    "scenario": scenario.name,
+                    "test_config": test_config,
+                    "deployment_context": deployment_context or {},
+                },
+            )
+    except IntegrityError:
+        return Validation.objects.get(project=project, environment=environment, build_id=build_id), False
+    return validation, True
+
+
+def _record_run(*, validation: Validation, results: ResultSet, source: str) -> Run:
+    run = Run.objects.create(
+        validation=validation,
+        project_id=validation.project_id,
+        environment_id=validation.environment_id,
+        scenario_id=validation.scenario_id,
+        source=source,
+        tool=results.tool,
+        results_format=results.format,
+        request_count=results.request_count,
+        duration_seconds=results.duration_seconds,
+    )
+    observations = [
+        MetricObservation(
+            run=run,
+            project_id=validation.project_id,
+            environment_id=validation.environment_id,
+            scenario_id=validation.scenario_id,
+            series=series.key,
+            metric=series.metric,
+            tags=dict(series.tags),
+            kind=series.kind,
+            aggregation=aggregation,
+            value=value,
+            unit=series.unit,
+            samples=series.samples,
+            observed_at=run.created_at,
+        )
+        for series in results.series.values()
+        for aggregation, value in series.values.items()
+        if value == value and abs(value) != float("inf")  # NaN and infinity are not observations
+    ]
+    MetricObservation.objects.bulk_create(observations, batch_size=500)
+    return run
+
+
+def _evaluate(validation: Validation, results: ResultSet, alpha: float):
+    """(applied rule or None, outcome) pairs: the load check first, then every rule."""
+    applied = selectors.validation_rules(validation)
+    baseline = baseline_active(validation.project, validation.environment, validation.scenario)
+    min_requests = validation.scenario.min_requests if validation.scenario else 0
+    pairs = [(None, rules.evaluate_load(results, min_requests))]
+    for item in applied:
+        spec = item.spec
+        if isinstance(spec, rules.AbsoluteRule):
+            pairs.append((item, rules.evaluate_absolute(spec, results)))
+            continue
+        series = results.find(spec.selector.name, spec.selector.tags)
+        reference = None
+        if baseline is not None:
+            key = series.key if series is not None else str(spec.selector)
+            reference = baseline_value_for(baseline, key, spec.aggregation)
+        pairs.append((item, rules.evaluate_relative(spec, results, reference, alpha=alpha)))
+    return pairs, baseline
+
+
+def _blocking(outcome: rules.CheckOutcome, environment: Environment) -> bool:
+    return outcome.severity == rules.Severity.KEY and environment.would_block(outcome.verdict)
+
+
+@transaction.atomic
+def validation_evaluate(
+    *,
+    validation: Validation,
+    results: ResultSet,
+    actor: Actor,
+    source: str = Run.Source.UPLOADED,
+) -> Validation:
+    """Turn results into a verdict: record the run and its metrics, evaluate the load check and
+    every rule, then set status, ``deployment_allowed`` and ``would_block`` by the environment's
+    policy (shadow never blocks; fail-closed blocks on error and inconclusive).
+
+    A validation that already has its outcome is refused: a decision, once made, is not rewritten.
+    """
+    validation = (
+        Validation.objects.select_for_update(of=("self",))
+        .select_related("project", "environment", "scenario")
+        .get(pk=validation.pk)
+    )
+    if not validation.is_pending:
+        raise InvalidState(
+            f"Validation of build {validation.build_id} already finished with status {validation.status}."
+        )
+    environment = validation.environment
+    run = _record_run(validation=validation, results=results, source=source)
+    pairs, baseline = _evaluate(validation, results, settings.PERFGATE_SIGNIFICANCE_ALPHA)
+    outcomes = [outcome for _, outcome in pairs]
+
+    verdict = rules.aggregate_verdict(outcomes)
+    status, deployment_allowed = environment.outcome_for(verdict)
+    would_block = environment.would_block(verdict)
+    blocking_reasons = [f"{o.metric} {o.reason}".strip() for o in outcomes if _blocking(o, environment)]
+
+    CheckResult.objects.bulk_create(
+        CheckResult(
+            validation=validation,
+            run=run,
+            rule=item.rule if item is not None else None,
+            position=position,
+            label=outcome.label,
+            kind=outcome.kind,
+            severity=outcome.severity,
+            metric=outcome.metric,
+            aggregation=outcome.aggregation or "",
+            verdict=outcome.verdict,
+            observed=outcome.observed,
+            baseline_value=outcome.baseline,
+            limit=outcome.limit,
+            change_pct=outcome.change_pct,
+            p_value=outcome.p_value,
+            reason=outcome.reason,
+        )
+        for position, (item, outcome) in enumerate(pairs)
+    )
+
+    now = timezone.now()
+    validation.verdict = verdict
+    validation.status = status
+    validation.deployment_allowed = deployment_allowed
+    validation.would_block = would_block
+    validation.blocking_reasons = blocking_reasons
+    validation.status_reason = _status_reason(verdict, status, environment, blocking_reasons)
+    validation.baseline = baseline
+    validation.started_at = validation.started_at or now
+    validation.finished_at = now
+    validation.save(
+        update_fields=[
+            "verdict",
+            "status",
+            "deployment_allowed",
+            "would_block",
+            "blocking_reasons",
+            "status_reason",
+            "baseline",
+            "started_at",
+            "finished_at",
+        ]
+    )
+    audit_record(
+        action="validation.evaluated",
+        actor=actor,
+        target=validation,
+        project=validation.project.slug,
+        environment=environment.name,
+        reason=validation.status_reason,
+        data={
+            "build_id": validation.build_id,
+            "git_hash": validation.git_hash,
+            "scenario": validation.scenario.name if validation.scenario else None,
+            "verdict": verdict,
+            "status": status,
+            "deployment_allowed": deployment_allowed,
+            "would_block": would_block,
+            "policy": {"mode": environment.mode, "fail_closed": environment.fail_closed},
+            "run": {
+                "id": run.pk,
+                "source": source,
+                "tool": results.tool,
+                "format": results.format,
+                "request_count": results.request_count,
+                "duration_seconds": results.duration_seconds,
+            },
+            "baseline": {"id": baseline.pk, "version": baseline.version} if baseline else None,
+            "rules": [
+                {"label": item.spec.label, "rule_id": item.rule.pk if item.rule else None}
+                for item, _ in pairs
+                if item is not None
+            ],
+            "checks": [asdict(outcome) for outcome in outcomes],
+        },
+    )
+    if environment.auto_baseline and _promotes_automatically(outcomes, status):
+        baseline_promote(validation=validation, actor=SYSTEM, reason="automatic: every check passed")
+    return validation
+
+
+def _promotes_automatically(outcomes: list[rules.CheckOutcome], status: str) -> bool:
+    """Every check passed, apart from relative rules that had no baseline yet (so the first good
+    build seeds the baseline). A warning of any other kind is left for ops to promote by hand:
+    absorbing every +4% automatically would let a service drift slower unnoticed."""
+    if status != Validation.Status.PASSED:
+        return False
+    return all(o.verdict in (Verdict.PASS, Verdict.NO_BASELINE) for o in outcomes)
+
+
+def _status_reason(verdict: str, status: str, environment: Environment, blocking: list[str]) -> str:
+    if status == Validation.Status.BLOCKED:
+        return "Blocked: " + "; ".join(blocking) if blocking else f"Blocked: verdict {verdict}."
+    if not environment.enforced and environment.would_block(verdict):
+        return "Shadow mode: enforcement would have blocked (" + "; ".join(blocking) + ")."
+    if status == Validation.Status.FAILED:
+        return "No trustworthy verdict (error); the fail-open policy lets the deployment proceed."
+    return f"Verdict {verdict}."
+
+
+@transaction.atomic
+def validation_record_error(*, validation: Validation, reason: str, actor: Actor) -> Validation:
+    """End a validation that could not produce results (target down, tool crashed, lease expired):
+    verdict ``error``, then ``blocked`` or ``failed`` by the environment's policy."""
+    validation = (
+        Validation.objects.select_for_update(of=("self",))
+        .select_related("project", "environment")
+        .get(pk=validation.pk)
+    )
+    if not validation.is_pending:
+        return validation
+    environment = validation.environment
+    status, deployment_allowed = environment.outcome_for(Verdict.ERROR)
+    now = timezone.now()
+    validation.verdict = Verdict.ERROR
+    validation.status = status
+    validation.deployment_allowed = deployment_allowed
+    validation.would_block = environment.would_block(Verdict.ERROR)
+    validation.status_reason = reason
+    validation.blocking_reasons = [reason] if status == Validation.Status.BLOCKED else []
+    validation.finished_at = now
+    validation.save(
+        update_fields=[
+            "verdict",
+            "status",
+            "deployment_allowed",
+            "would_block",
+            "status_reason",
+            "blocking_reasons",
+            "finished_at",
+        ]
+    )
+    audit_record(
+        action="validation.errored",
+        actor=actor,
+        target=validation,
+        project=validation.project.slug,
+        environment=environment.name,
+        reason=reason,
+        data={
+            "build_id": validation.build_id,
+            "verdict": Verdict.ERROR,
+            "status": status,
+            "deployment_allowed": deployment_allowed,
+            "policy": {"mode": environment.mode, "fail_closed": environment.fail_closed},
+        },
+    )
+    return validation
+
+
+@transaction.atomic
+def validation_block(*, validation: Validation, reason: str, actor: Actor) -> Validation:
+    """Close the gate on a build by hand. The verdict, if any, is kept; only the outcome changes."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise ServiceError(
+            "A reason is required to block a build.", fields={"reason": ["This field is required."]}
+        )
+    validation = (
+        Validation.objects.select_for_update(of=("self",))
+        .select_related("project", "environment")
+        .get(pk=validation.pk)
+    )
+    if validation.manual_block_reason:
+        return validation
+    previous = validation.status
+    now = timezone.now()
+    validation.status = Validation.Status.BLOCKED
+    validation.deployment_allowed = False
+    validation.would_block = True
+    validation.manual_block_reason = reason
+    validation.status_reason = f"Blocked by hand by {actor.name}: {reason}"
+    validation.blocking_reasons = [*validation.blocking_reasons, f"blocked by {actor.name}: {reason}"]
+    validation.finished_at = validation.finished_at or now
+    validation.save(
+        update_fields=[
+            "status",
+            "deployment_allowed",
+            "would_block",
+            "manual_block_reason",
+            "status_reason",
+            "blocking_reasons",
+            "finished_at",
+        ]
+    )
+    audit_record(
+        action="validation.blocked",
+        actor=actor,
+        target=validation,
+        project=validation.project.slug,
+        environment=validation.environment.name,
+        reason=reason,
+        data={"build_id": validation.build_id, "previous_status": previous, "verdict": validation.verdict},
+    )
+    return validation
+
+
+def validation_ingest(
+    *,
+    project: Project,
+    environment: Environment,
+    build_id: str,
+    git_hash: str,
+    results,
+    actor: Actor,
+    results_format: str | None = None,
+    results_name: str | None = None,
+    scenario: Scenario | None = None,
+    branch: str = "",
+    test_config: dict | None = None,
+    deployment_context: dict | None = None,
+    source: str = Run.Source.UPLOADED,
+) -> tuple[Validation, bool]:
+    """Evaluate results CI uploaded (a path or a binary stream): (validation, created).
+
+    The results are parsed before anything is written, so bad input leaves nothing behind. A
+    repeated request for a build that already has its outcome returns that outcome unchanged.
+    """
+    existing = Validation.objects.filter(project=project, environment=environment, build_id=build_id).first()
+    if existing is not None and not existing.is_pending:
+        return existing, False
+    if existing is not None:
+        scenario, test_config = existing.scenario, existing.test_config
+    scenario = scenario or selectors.scenario_for(project, None)
+    try:
+        applied = [
+            selectors.AppliedRule(spec=r.to_spec(), rule=r)
+            for r in (selectors.configured_rules(environment, scenario) if scenario else [])
+        ]
+        applied += [selectors.AppliedRule(spec=spec) for spec in selectors.request_rules(test_config or {})]
+    except rules.RuleSyntaxError as exc:
+        raise ServiceError(str(exc), fields={"testConfig.thresholds": [str(exc)]}) from exc
+    submetrics, percentiles = selectors.parser_needs(applied)
+    try:
+        parsed = parse_results(
+            results, format=results_format, name=results_name, submetrics=submetrics, percentiles=percentiles
+        )
+    except ParseError as exc:
+        raise ServiceError(f"The results could not be read: {exc}", fields={"results": [str(exc)]}) from exc
+    with transaction.atomic():
+        validation, created = validation_create(
+            project=project,
+            environment=environment,
+            build_id=build_id,
+            git_hash=git_hash,
+            actor=actor,
+            scenario=scenario,
+            branch=branch,
+            test_config=test_config,
+            deployment_context=deployment_context,
+        )
+        if validation.is_pending:
+            validation = validation_evaluate(
+                validation=validation, results=parsed, actor=actor, source=source
+            )
+    return validation, created

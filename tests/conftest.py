@@ -1,0 +1,120 @@
+"""Shared personas and a configured project for every test.
+
+Personas: ``ops`` and ``second_ops`` (operators of the project), ``auditor`` (view-only) and
+``admin`` (superuser). The ``project`` fixture is the sample wedding platform with staging and
+production, one k6 scenario and the usual rules.
+"""
+
+import os
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from gates.audit import Actor
+from gates.models import Environment, Project, Scenario, ThresholdRule
+
+SCRIPT = """import http from 'k6/http';
+export default function () { http.get(`${__ENV.TARGET_URL}/api/guests`, { tags: { name: 'guest-list' } }); }
+"""
+
+
+def pytest_configure(config):
+    # CI's second pass promises PostgreSQL and Redis: if they are not what the suite runs on,
+    # that is a failure of the run, not a reason to skip the tests that need them.
+    if os.environ.get("PERFGATE_REQUIRE_SERVICES") == "1":
+        from django.conf import settings
+
+        engine = settings.DATABASES["default"]["ENGINE"]
+        if "postgresql" not in engine or not settings.REDIS_URL:
+            raise pytest.UsageError(
+                f"PERFGATE_REQUIRE_SERVICES=1 but the suite runs on {engine} "
+                f"with REDIS_URL={settings.REDIS_URL!r}"
+            )
+
+
+@pytest.fixture
+def ops(db):
+    return get_user_model().objects.create_user("olivia-ops", password="x", is_staff=True)
+
+
+@pytest.fixture
+def second_ops(db):
+    return get_user_model().objects.create_user("oscar-ops", password="x", is_staff=True)
+
+
+@pytest.fixture
+def auditor(db):
+    return get_user_model().objects.create_user("audrey-auditor", password="x", is_staff=True)
+
+
+@pytest.fixture
+def admin_user(db):
+    return get_user_model().objects.create_superuser("root", "root@example.invalid", "x")
+
+
+@pytest.fixture
+def actor():
+    return Actor("user", "olivia-ops")
+
+
+@pytest.fixture
+def project(db):
+    project = Project.objects.create(
+        slug="wedsync-web",
+        name="WedSync web",
+        repository="acme/wedsync",
+        allowed_hosts=["127.0.0.1", "*.vercel.app"],
+    )
+    Environment.objects.create(project=project, name="staging", fail_closed=False)
+    Environment.objects.create(
+        project=project, name="production", fail_closed=True, require_staging_pass=True, bypass_approvals=2
+    )
+    Scenario.objects.create(
+        project=project,
+        name="guest-list",
+        script_text=SCRIPT,
+        target_url="http://127.0.0.1:8001",
+        vus=5,
+        duration_seconds=5,
+        min_requests=100,
+        is_default=True,
+    )
+    return project
+
+
+@pytest.fixture
+def staging(project):
+    return project.environments.get(name="staging")
+
+
+@pytest.fixture
+def production(project):
+    return project.environments.get(name="production")
+
+
+@pytest.fixture
+def scenario(project):
+    return project.scenarios.get(name="guest-list")
+
+
+@pytest.fixture
+def add_rule(project, scenario):
+    """Make a rule of the project's scenario: add_rule("http_req_duration", threshold="p(95)<400")."""
+
+    def make(metric, *, threshold="", aggregation="", environments=(), **fields):
+        kind = ThresholdRule.Kind.ABSOLUTE if threshold else ThresholdRule.Kind.RELATIVE
+        rule = ThresholdRule(
+            project=project,
+            scenario=scenario,
+            metric=metric,
+            kind=kind,
+            threshold=threshold,
+            aggregation=aggregation,
+            **fields,
+        )
+        rule.full_clean()
+        rule.save()
+        rule.environments.set(environments)
+        return rule
+
+    return make

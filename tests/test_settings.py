@@ -1,0 +1,33 @@
+"""Settings fail loudly on unsafe production values."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_settings(**env):
+    environment = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "SECRET_KEY", "DATABASE_URL")}
+    environment.update(env)
+    return subprocess.run(
+        [sys.executable, "-c", "from django.conf import settings; settings.DATABASES; print(settings.DEBUG)"],
+        cwd=ROOT,
+        env={**environment, "DJANGO_SETTINGS_MODULE": "perfgate_site.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_secret_key_is_required_when_debug_is_off():
+    result = load_settings(DEBUG="false", SECRET_KEY="")
+    assert result.returncode != 0
+    assert "SECRET_KEY is required" in result.stderr
+
+
+def test_a_secret_key_from_the_environment_is_enough_in_production():
+    result = load_settings(DEBUG="false", SECRET_KEY="x" * 50)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
