@@ -242,6 +242,7 @@ class ValidationAdmin(admin.ModelAdmin):
         "verdict_badge",
         "deployment_allowed",
         "git_short",
+        "short_reason",
         "created_at",
     )
     list_filter = ("status", "verdict", "environment__name", "project")
@@ -287,6 +288,11 @@ class ValidationAdmin(admin.ModelAdmin):
     @admin.display(description="git")
     def git_short(self, obj):
         return obj.git_hash[:10]
+
+    @admin.display(description="why")
+    def short_reason(self, obj):
+        reason = obj.status_reason
+        return reason if len(reason) <= 120 else reason[:119] + "…"
 
     @admin.display(description="blocking reasons")
     def reasons(self, obj):
