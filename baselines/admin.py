@@ -4,25 +4,19 @@ from django.contrib import admin, messages
 
 from baselines.models import Baseline, BaselineMetric
 from baselines.services import baseline_pin, baseline_unpin
+from gates.admin import ReadOnlyAdminMixin
 from gates.audit import Actor
 
 
-class BaselineMetricInline(admin.TabularInline):
+class BaselineMetricInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = BaselineMetric
     extra = 0
-    can_delete = False
     fields = ("series", "aggregation", "value", "stdev", "minimum", "maximum", "unit", "run_values")
     readonly_fields = fields
 
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(Baseline)
-class BaselineAdmin(admin.ModelAdmin):
+class BaselineAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "project",
         "environment",
@@ -54,15 +48,6 @@ class BaselineAdmin(admin.ModelAdmin):
     @admin.display(description="runs")
     def run_count(self, obj):
         return obj.runs.count()
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.action(description="Pin the selected version (it stays active)", permissions=["view"])
     def pin(self, request, queryset):

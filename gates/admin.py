@@ -40,6 +40,20 @@ def badge(value: str):
     return format_html('<strong style="color:{}">{}</strong>', colour, value.replace("_", " "))
 
 
+class ReadOnlyAdminMixin:
+    """Nobody adds, changes or deletes these rows in the admin, superusers included: they are
+    decisions made by the gate, or records of them. Viewing follows the view permission."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 class ConfigSourceMixin:
     """Shows where a setting came from, and audits every edit with its before and after."""
 
@@ -197,10 +211,9 @@ class ThresholdRuleAdmin(ConfigSourceMixin, admin.ModelAdmin):
         return super().get_queryset(request).prefetch_related("environments")
 
 
-class CheckResultInline(admin.TabularInline):
+class CheckResultInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = CheckResult
     extra = 0
-    can_delete = False
     fields = (
         "verdict_badge",
         "label",
@@ -223,15 +236,9 @@ class CheckResultInline(admin.TabularInline):
     def change(self, obj):
         return "—" if obj.change_pct is None else f"{obj.change_pct:+.1f}%"
 
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(Validation)
-class ValidationAdmin(admin.ModelAdmin):
+class ValidationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Read-only: a decision is made by the gate, never typed into a form."""
 
     list_display = (
@@ -302,18 +309,9 @@ class ValidationAdmin(admin.ModelAdmin):
             "<ul>{}</ul>", format_html_join("", "<li>{}</li>", ((r,) for r in obj.blocking_reasons))
         )
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """The audit log is view-only for everyone, superusers included."""
 
     list_display = ("id", "created_at", "action", "actor", "project", "environment", "target_repr", "reason")
@@ -335,12 +333,3 @@ class AuditEventAdmin(admin.ModelAdmin):
         "hash",
     )
     fields = readonly_fields
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
