@@ -26,3 +26,17 @@ class NotPermitted(ServiceError):
 
     code = "permission_denied"
     http_status = 403
+
+
+class IdempotencyMismatch(ServiceError):
+    """An Idempotency-Key reused with a different request."""
+
+    code = "idempotency_key_reused"
+    http_status = 422
+
+
+class NotFound(ServiceError):
+    """Something the request names does not exist (or is not visible to the caller)."""
+
+    code = "not_found"
+    http_status = 404

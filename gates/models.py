@@ -349,6 +349,7 @@ class Validation(models.Model):
         ]
         indexes = [
             models.Index(fields=["project", "environment", "-created_at"], name="validation_history"),
+            models.Index(fields=["project", "-created_at"], name="validation_project_history"),
             models.Index(
                 fields=["project", "environment", "scenario", "-created_at"], name="validation_scn_history"
             ),
@@ -470,6 +471,23 @@ class CheckResult(models.Model):
 
     def __str__(self):
         return f"{self.label}: {self.verdict}"
+
+
+class IdempotencyKey(models.Model):
+    """An ``Idempotency-Key`` a client sent with a validate request, and a fingerprint of that
+    request: the same key with another body is refused instead of silently answered."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=200)
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of the request body (and upload).")
+    validation = models.ForeignKey(Validation, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "key"], name="idempotency_key_unique")]
+
+    def __str__(self):
+        return f"{self.project.slug}: {self.key}"
 
 
 class AuditEventQuerySet(models.QuerySet):

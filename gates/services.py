@@ -13,10 +13,11 @@ from baselines.selectors import baseline_active, baseline_value_for
 from baselines.services import baseline_promote
 from gates import rules, selectors
 from gates.audit import SYSTEM, Actor, audit_record
-from gates.errors import InvalidState, ServiceError
+from gates.errors import IdempotencyMismatch, InvalidState, ServiceError
 from gates.models import (
     CheckResult,
     Environment,
+    IdempotencyKey,
     MetricObservation,
     Project,
     Run,
@@ -26,6 +27,8 @@ from gates.models import (
 )
 from gates.results import parse_results
 from gates.results.base import ParseError, ResultSet
+from gates.targets import TargetRefused, check_target_url
+from gates.units import parse_duration
 
 
 def validation_create(
@@ -447,4 +450,121 @@ def validation_ingest(
             validation = validation_evaluate(
                 validation=validation, results=parsed, actor=actor, source=source
             )
+    return validation, created
+
+
+def _effective_test_config(project: Project, scenario: Scenario, requested: dict) -> dict:
+    """The request's testConfig with its load capped by the scenario's limits and its target
+    checked against the project's allowlist. The caps are recorded, so nobody wonders later."""
+    config = dict(requested)
+    config["scenario"] = scenario.name
+    capped = {}
+    if config.get("vus") is not None and config["vus"] > scenario.max_vus:
+        capped["vus"] = {"requested": config["vus"], "allowed": scenario.max_vus}
+        config["vus"] = scenario.max_vus
+    if config.get("duration") is not None:
+        try:
+            seconds = parse_duration(config["duration"])
+        except ValueError as exc:
+            raise ServiceError(str(exc), fields={"testConfig.duration": [str(exc)]}) from exc
+        if seconds > scenario.max_duration_seconds:
+            capped["duration"] = {
+                "requested": config["duration"],
+                "allowed": f"{scenario.max_duration_seconds}s",
+            }
+            config["duration"] = f"{scenario.max_duration_seconds}s"
+    if config.get("targetUrl"):
+        try:
+            check_target_url(config["targetUrl"], project.allowed_hosts)
+        except TargetRefused as exc:
+            raise ServiceError(
+                f"Target URL refused: {exc}.", fields={"testConfig.targetUrl": [str(exc)]}
+            ) from exc
+    if capped:
+        config["capped"] = capped
+    return config
+
+
+def validation_request(
+    *,
+    project: Project,
+    environment: Environment,
+    build_id: str,
+    git_hash: str,
+    actor: Actor,
+    test_config: dict | None = None,
+    deployment_context: dict | None = None,
+    results=None,
+    results_format: str | None = None,
+    results_name: str | None = None,
+    idempotency_key: str | None = None,
+    fingerprint: str = "",
+) -> tuple[Validation, bool]:
+    """CI's "may this build deploy?": evaluate uploaded results at once, or queue a test run.
+
+    Returns (validation, created). The same build asked again gets its existing validation; an
+    ``Idempotency-Key`` seen before with a different request fingerprint is refused.
+    """
+    if idempotency_key:
+        seen = IdempotencyKey.objects.filter(project=project, key=idempotency_key).select_related(
+            "validation"
+        )
+        seen = seen.first()
+        if seen is not None:
+            if seen.fingerprint != fingerprint:
+                raise IdempotencyMismatch(
+                    "This Idempotency-Key was already used with a different request; use a new key."
+                )
+            return seen.validation, False
+    test_config = dict(test_config or {})
+    scenario = selectors.scenario_for(project, test_config.get("scenario"))
+    if scenario is None:
+        name = test_config.get("scenario")
+        detail = (
+            f"Project {project.slug} has no scenario {name!r}."
+            if name
+            else f"Project {project.slug} has no default scenario; name one in testConfig.scenario."
+        )
+        raise ServiceError(detail, fields={"testConfig.scenario": [detail]})
+    test_config = _effective_test_config(project, scenario, test_config)
+    branch = (deployment_context or {}).get("ref") or ""
+    if results is not None:
+        validation, created = validation_ingest(
+            project=project,
+            environment=environment,
+            build_id=build_id,
+            git_hash=git_hash,
+            results=results,
+            actor=actor,
+            results_format=results_format,
+            results_name=results_name,
+            scenario=scenario,
+            branch=branch,
+            test_config=test_config,
+            deployment_context=deployment_context,
+        )
+    else:
+        validation, created = validation_create(
+            project=project,
+            environment=environment,
+            build_id=build_id,
+            git_hash=git_hash,
+            actor=actor,
+            scenario=scenario,
+            branch=branch,
+            test_config=test_config,
+            deployment_context=deployment_context,
+        )
+    if idempotency_key:
+        try:
+            with transaction.atomic():
+                IdempotencyKey.objects.create(
+                    project=project, key=idempotency_key, fingerprint=fingerprint, validation=validation
+                )
+        except IntegrityError:
+            seen = IdempotencyKey.objects.get(project=project, key=idempotency_key)
+            if seen.fingerprint != fingerprint:
+                raise IdempotencyMismatch(
+                    "This Idempotency-Key was already used with a different request; use a new key."
+                ) from None
     return validation, created

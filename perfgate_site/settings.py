@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_q",
     "guardian",
     "gates",
@@ -90,6 +91,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
+    # Tests start real worker processes and threads: they need a file, not an in-memory database.
+    DATABASES["default"].setdefault("TEST", {})["NAME"] = str(BASE_DIR / "test-perfgate.sqlite3")
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
@@ -146,17 +149,39 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
+# The CI API. JSON bodies are limited (results inline up to 10 MB); large raw results come as a
+# multipart file part, streamed to a temporary file and limited separately (1 GB).
+PERFGATE_API_MAX_BODY_BYTES = env.int("PERFGATE_API_MAX_BODY_BYTES", default=10 * 2**20)
+PERFGATE_UPLOAD_MAX_BYTES = env.int("PERFGATE_UPLOAD_MAX_BYTES", default=2**30)
+DATA_UPLOAD_MAX_MEMORY_SIZE = PERFGATE_API_MAX_BODY_BYTES
+FILE_UPLOAD_HANDLERS = ["perfgate_site.limits.LimitedUploadHandler"]
+FILE_UPLOAD_TEMP_DIR = env.str("FILE_UPLOAD_TEMP_DIR", default="") or None
+
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["perfgate_site.limits.LimitedJSONParser"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["integrations.auth.ApiTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["integrations.auth.HasToken"],
+    "DEFAULT_THROTTLE_CLASSES": ["perfgate_site.limits.TokenRateThrottle"],
+    # Requests per token (or per address before a token is known), in the shared cache.
+    "DEFAULT_THROTTLE_RATES": {"token": env.str("PERFGATE_API_RATE", default="600/min")},
+    "EXCEPTION_HANDLER": "perfgate_site.api.api_exception_handler",
+    "UNAUTHENTICATED_USER": None,
 }
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "perfgate CI API",
-    "DESCRIPTION": "Ask whether a build may deploy; perfgate load-tests it and answers.",
+    "DESCRIPTION": "Ask whether a build may deploy; perfgate load-tests it and answers. "
+    "Authenticate with `Authorization: Bearer pg_…` (a token made in the admin or with "
+    "`manage.py create_api_token`).",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
 }
 
 LOGGING = {

@@ -1,7 +1,10 @@
-"""Top-level URLs: the admin (ops and auditors) and, under /api/, the CI API."""
+"""Top-level URLs: the admin (ops and auditors), the CI API, its schema, and health probes."""
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from perfgate_site.health import healthz, readyz
 
 admin.site.site_header = "perfgate"
 admin.site.site_title = "perfgate"
@@ -9,4 +12,12 @@ admin.site.index_title = "Performance gates"
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/ci-cd/performance/", include("gates.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
 ]
+
+handler404 = "perfgate_site.api.json_not_found"
+handler500 = "perfgate_site.api.json_server_error"

@@ -118,3 +118,68 @@ def add_rule(project, scenario):
         return rule
 
     return make
+
+
+class Api:
+    """A DRF test client that speaks as one API token."""
+
+    def __init__(self, token: str | None):
+        from rest_framework.test import APIClient
+
+        self.client = APIClient()
+        if token:
+            self.client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+
+    def get(self, path, params=None, **extra):
+        return self.client.get(path, params or {}, **extra)
+
+    def post(self, path, body=None, **extra):
+        return self.client.post(path, body or {}, format="json", **extra)
+
+
+def make_token(project, role, **kwargs):
+    from integrations.services import token_create
+
+    return token_create(
+        project=project, role=role, name=f"{role} test token", actor=Actor("cli", "tests"), **kwargs
+    )
+
+
+@pytest.fixture
+def ci_api(project):
+    """CI's token: role ci, every environment of the project."""
+    return Api(make_token(project, "ci")[1])
+
+
+@pytest.fixture
+def staging_api(project):
+    """A CI token limited to staging."""
+    return Api(make_token(project, "ci", environments=["staging"])[1])
+
+
+@pytest.fixture
+def ops_api(project, ops):
+    return Api(make_token(project, "ops", owner=ops)[1])
+
+
+@pytest.fixture
+def auditor_api(project, auditor):
+    return Api(make_token(project, "auditor", owner=auditor)[1])
+
+
+@pytest.fixture
+def other_project_api(db):
+    """A CI token of another project, which must not see wedsync-web at all."""
+    other = Project.objects.create(slug="other-shop", name="Other shop", allowed_hosts=["127.0.0.1"])
+    Environment.objects.create(project=other, name="staging")
+    return Api(make_token(other, "ci")[1])
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache(settings):
+    """Rate-limit counters live in the shared cache. The database cache rolls back with each
+    test; Redis (CI's second pass) keeps them, so empty it."""
+    if settings.REDIS_URL:
+        from django.core.cache import cache
+
+        cache.clear()

@@ -1,0 +1,539 @@
+"""The CI API: one view per endpoint, each with its own input and output serializers.
+
+Views authenticate (API tokens), validate input strictly, call one service or selector and
+render. Paths and field names are the contract in PRODUCT.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import orjson
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_serializer
+from rest_framework import serializers, status
+from rest_framework.parsers import MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from baselines.services import baseline_promote
+from gates import selectors
+from gates.errors import NotFound, NotPermitted, ServiceError
+from gates.models import Environment, Project, Validation
+from gates.results import FORMATS
+from gates.services import validation_block, validation_request
+from integrations.auth import CanBlock, IsOpsToken
+from integrations.models import ApiToken
+from perfgate_site.api import StrictSerializer
+from perfgate_site.limits import LimitedJSONParser
+
+SLUG = r"^[a-z0-9][a-z0-9-]{0,99}$"
+BUILD_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,199}$"
+GIT_HASH = r"^[0-9a-fA-F]{7,64}$"
+MAX_WAIT_SECONDS = 30
+
+
+@extend_schema_serializer(component_name="Error")
+class ErrorSerializer(serializers.Serializer):
+    """The one error shape of every 4xx."""
+
+    error = serializers.CharField()
+    detail = serializers.CharField()
+    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+
+
+def errors(*codes: int) -> dict:
+    return {code: OpenApiResponse(ErrorSerializer) for code in (401, 429, *codes)}
+
+
+@extend_schema_serializer(component_name="Check")
+class CheckSerializer(serializers.Serializer):
+    rule = serializers.CharField()
+    kind = serializers.ChoiceField(["absolute", "relative", "load"])
+    severity = serializers.ChoiceField(["key", "info"])
+    metric = serializers.CharField()
+    aggregation = serializers.CharField()
+    verdict = serializers.ChoiceField(["pass", "warn", "fail", "inconclusive", "no_baseline", "error"])
+    observed = serializers.FloatField(allow_null=True)
+    baseline = serializers.FloatField(allow_null=True)
+    limit = serializers.FloatField(allow_null=True)
+    changePct = serializers.FloatField(allow_null=True)
+    pValue = serializers.FloatField(allow_null=True)
+    reason = serializers.CharField()
+
+
+@extend_schema_serializer(component_name="Validation")
+class ValidationSerializer(serializers.Serializer):
+    """A validation as CI sees it (status, verdict, deploymentAllowed) with its explained checks."""
+
+    @extend_schema_serializer(component_name="ValidationLinks")
+    class Links(serializers.Serializer):
+        status = serializers.CharField()
+        regression = serializers.CharField()
+        admin = serializers.CharField()
+        chart = serializers.CharField(allow_null=True)
+
+    @extend_schema_serializer(component_name="ValidationProgress")
+    class Progress(serializers.Serializer):
+        elapsedSeconds = serializers.FloatField()
+        requests = serializers.IntegerField()
+        requestRate = serializers.FloatField()
+
+    validationId = serializers.UUIDField()
+    project = serializers.CharField()
+    buildId = serializers.CharField()
+    environment = serializers.CharField()
+    gitHash = serializers.CharField()
+    scenario = serializers.CharField(allow_null=True)
+    status = serializers.ChoiceField(Validation.Status.values)
+    verdict = serializers.ChoiceField(
+        ["pass", "warn", "fail", "inconclusive", "no_baseline", "error"], allow_null=True
+    )
+    deploymentAllowed = serializers.BooleanField(allow_null=True)
+    wouldBlock = serializers.BooleanField()
+    statusReason = serializers.CharField(allow_blank=True)
+    metrics = serializers.DictField(child=serializers.DictField(child=serializers.FloatField()))
+    checks = CheckSerializer(many=True)
+    blockingReasons = serializers.ListField(child=serializers.CharField())
+    progress = Progress(allow_null=True)
+    estimatedCompletion = serializers.DateTimeField(allow_null=True)
+    createdAt = serializers.DateTimeField()
+    startedAt = serializers.DateTimeField(allow_null=True)
+    finishedAt = serializers.DateTimeField(allow_null=True)
+    links = Links()
+
+
+def scope(
+    token: ApiToken,
+    project_slug: str | None,
+    environment_name: str | None,
+    *,
+    environment_required: bool = True,
+) -> tuple[Project, Environment | None]:
+    """The project and environment a request names, as the token may see them: another
+    project is not found (404), an environment outside the token's list is forbidden (403)."""
+    if project_slug and project_slug != token.project.slug:
+        raise NotFound(f"No project {project_slug!r}.")
+    project = token.project
+    if not environment_name:
+        if environment_required:
+            raise ServiceError(
+                "environment is required.", fields={"environment": ["This field is required."]}
+            )
+        return project, None
+    environment = project.environments.filter(name=environment_name).first()
+    if environment is None:
+        raise NotFound(f"Project {project.slug} has no environment {environment_name!r}.")
+    if not token.allows_environment(environment.name):
+        raise NotPermitted(f"This token may not touch {project.slug}/{environment.name}.")
+    return project, environment
+
+
+class TestConfigSerializer(StrictSerializer):
+    """What CI may choose about the test: a registered scenario, a target, less load, more rules."""
+
+    scenario = serializers.CharField(max_length=100, required=False)
+    targetUrl = serializers.URLField(max_length=500, required=False)
+    vus = serializers.IntegerField(min_value=1, max_value=100_000, required=False)
+    duration = serializers.CharField(max_length=20, required=False, help_text='k6 duration, e.g. "60s"')
+    thresholds = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField(max_length=100), max_length=20),
+        required=False,
+        help_text='Extra k6 thresholds, e.g. {"http_req_duration": ["p(95)<350"]}; they only add checks.',
+    )
+
+
+class DeploymentContextSerializer(StrictSerializer):
+    """Where the build comes from; recorded with the validation, shown in reports."""
+
+    provider = serializers.ChoiceField(["github", "vercel", "gitlab", "other"], required=False)
+    repository = serializers.CharField(max_length=200, required=False, allow_blank=True, allow_null=True)
+    ref = serializers.CharField(max_length=255, required=False, allow_blank=True, allow_null=True)
+    pullRequest = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    deploymentId = serializers.CharField(max_length=100, required=False, allow_null=True, allow_blank=True)
+    deploymentUrl = serializers.URLField(max_length=500, required=False, allow_null=True, allow_blank=True)
+    actor = serializers.CharField(max_length=100, required=False, allow_blank=True, allow_null=True)
+    runUrl = serializers.URLField(max_length=500, required=False, allow_null=True, allow_blank=True)
+
+
+def validation_response(validation: Validation, code: int = status.HTTP_200_OK) -> Response:
+    return Response(selectors.validation_document(validation), status=code)
+
+
+class ValidateView(APIView):
+    """Start (or repeat) a validation: evaluate uploaded results now, or queue a test run."""
+
+    parser_classes = [LimitedJSONParser, MultiPartParser]
+
+    @extend_schema_serializer(component_name="ValidateRequest")
+    class InputSerializer(StrictSerializer):
+        project = serializers.RegexField(SLUG, max_length=100)
+        buildId = serializers.RegexField(BUILD_ID, max_length=200)
+        environment = serializers.ChoiceField(Environment.Name.values)
+        gitHash = serializers.RegexField(GIT_HASH, max_length=64)
+        testConfig = TestConfigSerializer(required=False, allow_null=True)
+        results = serializers.JSONField(
+            required=False,
+            allow_null=True,
+            help_text="The tool's output inline: a JSON document, or text (NDJSON, CSV). Large raw output: "
+            "send multipart/form-data with a `request` part (this JSON) and a `results` file part.",
+        )
+        resultsFormat = serializers.ChoiceField(FORMATS, required=False, allow_null=True)
+        deploymentContext = DeploymentContextSerializer(required=False, allow_null=True)
+
+    @extend_schema_serializer(component_name="ValidateMultipartRequest")
+    class MultipartInput(serializers.Serializer):
+        request = serializers.CharField(help_text="The JSON request document (without results).")
+        results = serializers.FileField(help_text="The results file, streamed to disk on arrival.")
+
+    @extend_schema(
+        operation_id="validate",
+        request={"application/json": InputSerializer, "multipart/form-data": MultipartInput},
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER, required=False)],
+        responses={
+            200: ValidationSerializer,
+            202: ValidationSerializer,
+            **errors(400, 403, 404, 413, 415, 422),
+        },
+    )
+    def post(self, request):
+        data, results, results_name, upload_digest = self._read(request)
+        serializer = self.InputSerializer(data=data)
+        serializer.is_valid(raise_exception=True)
+        payload = serializer.validated_data
+        project, environment = scope(request.auth, payload["project"], payload["environment"])
+        if results is None and payload.get("results") is not None:
+            results, upload_digest = _inline_results(payload["results"])
+        fingerprint = hashlib.sha256(
+            json.dumps(
+                {k: v for k, v in data.items() if k != "results"}, sort_keys=True, default=str
+            ).encode()
+            + upload_digest.encode()
+        ).hexdigest()
+        validation, created = validation_request(
+            project=project,
+            environment=environment,
+            build_id=payload["buildId"],
+            git_hash=payload["gitHash"].lower(),
+            actor=request.user.actor,
+            test_config=dict(payload.get("testConfig") or {}),
+            deployment_context=dict(payload.get("deploymentContext") or {}),
+            results=results,
+            results_format=payload.get("resultsFormat"),
+            results_name=results_name,
+            idempotency_key=request.headers.get("Idempotency-Key") or None,
+            fingerprint=fingerprint,
+        )
+        queued = created and validation.is_pending
+        return validation_response(validation, status.HTTP_202_ACCEPTED if queued else status.HTTP_200_OK)
+
+    def _read(self, request):
+        """(request document, results path or None, file name, digest of the upload)."""
+        if not request.content_type.startswith("multipart/"):
+            if not isinstance(request.data, dict):
+                raise serializers.ValidationError({"_": ["The request body must be a JSON object."]})
+            return request.data, None, None, ""
+        unknown = sorted((set(request.data) | set(request.FILES)) - {"request", "results"})
+        if unknown:
+            raise serializers.ValidationError(
+                {name: ["Unknown part; send `request` and `results`."] for name in unknown}
+            )
+        form = self.MultipartInput(
+            data={"request": request.data.get("request"), "results": request.FILES.get("results")}
+        )
+        form.is_valid(raise_exception=True)
+        try:
+            document = json.loads(form.validated_data["request"])
+        except ValueError as exc:
+            raise serializers.ValidationError({"request": [f"Not valid JSON: {exc}."]}) from None
+        if not isinstance(document, dict):
+            raise serializers.ValidationError({"request": ["Must be a JSON object."]})
+        if "results" in document:
+            raise serializers.ValidationError(
+                {"request.results": ["Send results either inline or as a file."]}
+            )
+        upload = form.validated_data["results"]
+        return document, upload.temporary_file_path(), upload.name, getattr(upload, "sha256", "")
+
+
+def _inline_results(results) -> tuple[io.BytesIO, str]:
+    """Inline results as a stream for the parsers: a JSON document as JSON, text as its bytes."""
+    raw = results.encode() if isinstance(results, str) else orjson.dumps(results)
+    return io.BytesIO(raw), hashlib.sha256(raw).hexdigest()
+
+
+def _query(serializer_class, request):
+    serializer = serializer_class(data=request.query_params.dict())
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+class StatusView(APIView):
+    """The latest validation of a build; ``wait=N`` long-polls until it leaves queued/running."""
+
+    class QuerySerializer(StrictSerializer):
+        project = serializers.RegexField(SLUG, max_length=100, required=False)
+        environment = serializers.ChoiceField(Environment.Name.values, required=False)
+        wait = serializers.IntegerField(min_value=0, max_value=MAX_WAIT_SECONDS, required=False, default=0)
+
+    @extend_schema(
+        operation_id="status",
+        parameters=[
+            OpenApiParameter("buildId", str, OpenApiParameter.PATH, pattern=BUILD_ID),
+            QuerySerializer,
+        ],
+        responses={200: ValidationSerializer, **errors(400, 403, 404)},
+    )
+    def get(self, request, buildId: str):  # the path parameter is named as in the contract
+        build_id = buildId
+        query = _query(self.QuerySerializer, request)
+        project, environment = scope(
+            request.auth, query.get("project"), query.get("environment"), environment_required=False
+        )
+        validation = selectors.validation_for_build(project, build_id, environment)
+        if not request.auth.allows_environment(validation.environment.name):
+            raise NotFound(f"No validation of build {build_id!r} this token may see.")
+        if query["wait"]:
+            validation = selectors.validation_wait(validation, query["wait"])
+        return validation_response(validation)
+
+
+class BlockView(APIView):
+    """Close the gate on a build by hand, with a reason."""
+
+    permission_classes = [CanBlock]
+
+    @extend_schema_serializer(component_name="BlockRequest")
+    class InputSerializer(StrictSerializer):
+        project = serializers.RegexField(SLUG, max_length=100)
+        environment = serializers.ChoiceField(Environment.Name.values)
+        buildId = serializers.RegexField(BUILD_ID, max_length=200)
+        reason = serializers.CharField(max_length=2000)
+
+    @extend_schema(
+        operation_id="block",
+        request=InputSerializer,
+        responses={200: ValidationSerializer, **errors(400, 403, 404)},
+    )
+    def post(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        payload = serializer.validated_data
+        project, environment = scope(request.auth, payload["project"], payload["environment"])
+        validation = selectors.validation_for_build(project, payload["buildId"], environment)
+        validation = validation_block(
+            validation=validation, reason=payload["reason"], actor=request.user.actor
+        )
+        return validation_response(validation)
+
+
+class HistoryView(APIView):
+    """Validations and their metrics over time, newest first, one cursor page at a time."""
+
+    class QuerySerializer(StrictSerializer):
+        project = serializers.RegexField(SLUG, max_length=100, required=False)
+        environment = serializers.ChoiceField(Environment.Name.values, required=False)
+        scenario = serializers.CharField(max_length=100, required=False)
+        metric = serializers.CharField(
+            max_length=300,
+            required=False,
+            help_text="A series, e.g. http_req_duration or http_req_duration{name:rsvp}",
+        )
+        branch = serializers.CharField(max_length=255, required=False)
+        since = serializers.DateTimeField(required=False)
+        until = serializers.DateTimeField(required=False)
+        cursor = serializers.CharField(max_length=500, required=False)
+        limit = serializers.IntegerField(min_value=1, max_value=500, required=False, default=50)
+
+    @extend_schema_serializer(component_name="HistoryPage")
+    class OutputSerializer(serializers.Serializer):
+        @extend_schema_serializer(component_name="HistoryItem")
+        class Item(serializers.Serializer):
+            validationId = serializers.UUIDField()
+            buildId = serializers.CharField()
+            gitHash = serializers.CharField()
+            branch = serializers.CharField(allow_blank=True)
+            environment = serializers.CharField()
+            scenario = serializers.CharField(allow_null=True)
+            status = serializers.ChoiceField(Validation.Status.values)
+            verdict = serializers.CharField(allow_null=True)
+            deploymentAllowed = serializers.BooleanField(allow_null=True)
+            createdAt = serializers.DateTimeField()
+            finishedAt = serializers.DateTimeField(allow_null=True)
+            metrics = serializers.DictField(child=serializers.DictField(child=serializers.FloatField()))
+
+        results = Item(many=True)
+        next = serializers.CharField(allow_null=True, help_text="The next page's URL; null on the last page.")
+
+    @extend_schema(
+        operation_id="history",
+        parameters=[QuerySerializer],
+        responses={200: OutputSerializer, **errors(400, 403, 404)},
+    )
+    def get(self, request):
+        query = _query(self.QuerySerializer, request)
+        project, environment = scope(
+            request.auth, query.get("project"), query.get("environment"), environment_required=False
+        )
+        scenario = None
+        if query.get("scenario"):
+            scenario = selectors.scenario_for(project, query["scenario"])
+            if scenario is None:
+                raise NotFound(f"Project {project.slug} has no scenario {query['scenario']!r}.")
+        items, next_cursor = selectors.history_page(
+            project=project,
+            environment=environment,
+            scenario=scenario,
+            metric=query.get("metric"),
+            branch=query.get("branch"),
+            since=query.get("since"),
+            until=query.get("until"),
+            cursor=query.get("cursor"),
+            limit=query["limit"],
+        )
+        if environment is None and request.auth.environments:
+            items = [item for item in items if request.auth.allows_environment(item["environment"])]
+        next_url = None
+        if next_cursor:
+            params = request.query_params.copy()
+            params["cursor"] = next_cursor
+            next_url = f"{request.path}?{params.urlencode()}"
+        return Response({"results": items, "next": next_url})
+
+
+class BaselineView(APIView):
+    """Make a new baseline version from a passed validation, or from uploaded results."""
+
+    permission_classes = [IsOpsToken]
+
+    @extend_schema_serializer(component_name="BaselineRequest")
+    class InputSerializer(StrictSerializer):
+        project = serializers.RegexField(SLUG, max_length=100)
+        environment = serializers.ChoiceField(Environment.Name.values)
+        buildId = serializers.RegexField(BUILD_ID, max_length=200)
+        gitHash = serializers.RegexField(
+            GIT_HASH,
+            max_length=64,
+            required=False,
+            help_text="Required with results: the build they measured.",
+        )
+        pin = serializers.BooleanField(required=False, default=False)
+        reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+        testConfig = TestConfigSerializer(required=False, allow_null=True)
+        results = serializers.JSONField(required=False, allow_null=True)
+        resultsFormat = serializers.ChoiceField(FORMATS, required=False, allow_null=True)
+
+    @extend_schema_serializer(component_name="Baseline")
+    class OutputSerializer(serializers.Serializer):
+        project = serializers.CharField()
+        environment = serializers.CharField()
+        scenario = serializers.CharField()
+        version = serializers.IntegerField()
+        pinned = serializers.BooleanField()
+        sourceBuildId = serializers.CharField()
+        runs = serializers.IntegerField()
+        metrics = serializers.DictField(child=serializers.DictField(child=serializers.FloatField()))
+        createdAt = serializers.DateTimeField()
+
+    @extend_schema(
+        operation_id="baseline",
+        request=InputSerializer,
+        responses={201: OutputSerializer, **errors(400, 403, 404, 409)},
+    )
+    def post(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        payload = serializer.validated_data
+        project, environment = scope(request.auth, payload["project"], payload["environment"])
+        actor = request.user.actor
+        if payload.get("results") is not None:
+            if not payload.get("gitHash"):
+                raise ServiceError(
+                    "gitHash is required with results.", fields={"gitHash": ["Required with results."]}
+                )
+            results, _ = _inline_results(payload["results"])
+            validation, _ = validation_request(
+                project=project,
+                environment=environment,
+                build_id=payload["buildId"],
+                git_hash=payload["gitHash"].lower(),
+                actor=actor,
+                test_config=dict(payload.get("testConfig") or {}),
+                results=results,
+                results_format=payload.get("resultsFormat"),
+            )
+        else:
+            validation = selectors.validation_for_build(project, payload["buildId"], environment)
+        baseline = baseline_promote(
+            validation=validation, actor=actor, pin=payload["pin"], reason=payload["reason"]
+        )
+        document = {
+            "project": project.slug,
+            "environment": environment.name,
+            "scenario": baseline.scenario.name,
+            "version": baseline.version,
+            "pinned": baseline.pinned,
+            "sourceBuildId": validation.build_id,
+            "runs": baseline.runs.count(),
+            "metrics": _baseline_metrics(baseline),
+            "createdAt": baseline.created_at,
+        }
+        return Response(document, status=status.HTTP_201_CREATED)
+
+
+def _baseline_metrics(baseline) -> dict:
+    metrics: dict = {}
+    for series, aggregation, value in baseline.metrics.values_list("series", "aggregation", "value"):
+        if series in selectors.SUMMARY_METRICS:
+            metrics.setdefault(series, {})[aggregation] = value
+    return metrics
+
+
+class RegressionView(APIView):
+    """Every metric of a validation next to its baseline."""
+
+    class QuerySerializer(StrictSerializer):
+        project = serializers.RegexField(SLUG, max_length=100, required=False)
+        environment = serializers.ChoiceField(Environment.Name.values)
+        buildId = serializers.RegexField(BUILD_ID, max_length=200)
+
+    @extend_schema_serializer(component_name="Regression")
+    class OutputSerializer(serializers.Serializer):
+        @extend_schema_serializer(component_name="RegressionBaseline")
+        class BaselineRef(serializers.Serializer):
+            version = serializers.IntegerField()
+            pinned = serializers.BooleanField()
+            runs = serializers.IntegerField()
+            createdAt = serializers.DateTimeField()
+
+        @extend_schema_serializer(component_name="RegressionComparison")
+        class Comparison(serializers.Serializer):
+            metric = serializers.CharField()
+            aggregation = serializers.CharField()
+            unit = serializers.CharField(allow_blank=True)
+            observed = serializers.FloatField()
+            baseline = serializers.FloatField()
+            baselineStdev = serializers.FloatField(allow_null=True)
+            changePct = serializers.FloatField(allow_null=True)
+            worseWhen = serializers.ChoiceField(["up", "down"])
+            worse = serializers.BooleanField()
+            verdict = serializers.CharField(allow_null=True)
+
+        validationId = serializers.UUIDField()
+        project = serializers.CharField()
+        environment = serializers.CharField()
+        buildId = serializers.CharField()
+        baseline = BaselineRef(allow_null=True)
+        comparisons = Comparison(many=True)
+
+    @extend_schema(
+        operation_id="regression",
+        parameters=[QuerySerializer],
+        responses={200: OutputSerializer, **errors(400, 403, 404)},
+    )
+    def get(self, request):
+        query = _query(self.QuerySerializer, request)
+        project, environment = scope(request.auth, query.get("project"), query["environment"])
+        validation = selectors.validation_for_build(project, query["buildId"], environment)
+        return Response(selectors.regression_report(validation))

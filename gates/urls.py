@@ -1,0 +1,16 @@
+"""The CI API under /api/ci-cd/performance/ (paths are part of the contract)."""
+
+from django.urls import path
+
+from gates import api
+
+app_name = "api"
+
+urlpatterns = [
+    path("validate", api.ValidateView.as_view(), name="validate"),
+    path("status/<str:buildId>", api.StatusView.as_view(), name="status"),
+    path("block", api.BlockView.as_view(), name="block"),
+    path("history", api.HistoryView.as_view(), name="history"),
+    path("baseline", api.BaselineView.as_view(), name="baseline"),
+    path("regression", api.RegressionView.as_view(), name="regression"),
+]

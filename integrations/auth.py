@@ -1,0 +1,120 @@
+"""DRF authentication and permissions for API tokens.
+
+A token authenticates as a ``TokenPrincipal``; views scope every lookup to the token's project
+(another project's objects are simply not found) and check its environments and role.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.utils import timezone
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import authentication, exceptions, permissions
+
+from gates.audit import Actor
+from integrations.models import TOKEN_PREFIX, ApiToken, hash_token
+
+# Writing last_used_at on every request would make every read a write; once a minute is enough
+# to answer "is this token still in use?".
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+class TokenPrincipal:
+    """The request's user when it came with an API token."""
+
+    is_authenticated = True
+    is_anonymous = False
+    is_active = True
+    is_staff = False
+    is_superuser = False
+
+    def __init__(self, token: ApiToken):
+        self.token = token
+        self.pk = None
+
+    def __str__(self):
+        return f"token:{self.token.name}"
+
+    def get_username(self) -> str:
+        return f"token:{self.token.name}"
+
+    @property
+    def actor(self) -> Actor:
+        """Audited as the token, with its owner's id so four-eyes rules can see who is behind it."""
+        return Actor("token", f"{self.token.name} ({self.token.token_prefix}…)", self.token.owner_id)
+
+
+class ApiTokenAuthentication(authentication.BaseAuthentication):
+    """``Authorization: Bearer pg_…``. A missing header leaves the request anonymous (and the
+    permission check answers 401); a wrong, expired or revoked token is 401 at once."""
+
+    keyword = "Bearer"
+
+    def authenticate(self, request):
+        header = authentication.get_authorization_header(request).split()
+        if not header:
+            return None
+        if header[0].decode("latin-1").lower() != self.keyword.lower():
+            raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <token>'.")
+        if len(header) != 2:
+            raise exceptions.AuthenticationFailed("The Authorization header must be 'Bearer <token>'.")
+        try:
+            plaintext = header[1].decode("ascii")
+        except UnicodeDecodeError:
+            raise exceptions.AuthenticationFailed("Invalid token.") from None
+        if not plaintext.startswith(TOKEN_PREFIX):
+            raise exceptions.AuthenticationFailed("Invalid token.")
+        token = ApiToken.objects.select_related("project").filter(token_hash=hash_token(plaintext)).first()
+        if token is None:
+            raise exceptions.AuthenticationFailed("Invalid token.")
+        if token.revoked_at is not None:
+            raise exceptions.AuthenticationFailed("This token was revoked.")
+        if token.is_expired:
+            raise exceptions.AuthenticationFailed("This token has expired.")
+        now = timezone.now()
+        if token.last_used_at is None or token.last_used_at < now - LAST_USED_RESOLUTION:
+            ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        return TokenPrincipal(token), token
+
+    def authenticate_header(self, request):
+        return f'{self.keyword} realm="perfgate"'
+
+
+class HasToken(permissions.BasePermission):
+    """Any valid token; auditors only read."""
+
+    message = "An auditor token can only read."
+
+    def has_permission(self, request, view):
+        token = request.auth
+        if not isinstance(token, ApiToken):
+            return False
+        return request.method in permissions.SAFE_METHODS or token.can_write
+
+
+class IsOpsToken(permissions.BasePermission):
+    message = "Only an ops token may do this."
+
+    def has_permission(self, request, view):
+        return isinstance(request.auth, ApiToken) and request.auth.role == ApiToken.Role.OPS
+
+
+class CanBlock(permissions.BasePermission):
+    message = "This token may not block builds: use an ops token, or a CI token allowed to block."
+
+    def has_permission(self, request, view):
+        token = request.auth
+        return isinstance(token, ApiToken) and (
+            token.role == ApiToken.Role.OPS or (token.role == ApiToken.Role.CI and token.can_block)
+        )
+
+
+class ApiTokenScheme(OpenApiAuthenticationExtension):
+    """Describes the token scheme in the OpenAPI schema."""
+
+    target_class = "integrations.auth.ApiTokenAuthentication"
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "bearerFormat": "pg_<random>"}
