@@ -5,11 +5,12 @@ and the audit log of every decision.
 State changes go through ``gates.services``; audit rows through ``gates.audit``.
 """
 
+import math
 import uuid
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import connection, models
 from django.db.models import Q
 
 from gates import rules
@@ -295,6 +296,16 @@ class ThresholdRule(ConfigSourced):
         )
 
 
+class ValidationManager(models.Manager):
+    def of_build(self, project, environment, build_id: str):
+        """The validation of a build in an environment, or None. A plain unique-index lookup:
+        ``first()`` would add an ORDER BY that lets the planner walk the history index instead."""
+        try:
+            return self.get(project=project, environment=environment, build_id=build_id)
+        except self.model.DoesNotExist:
+            return None
+
+
 class Validation(models.Model):
     """One request to validate one build in one environment: it owns its runs, its check
     results and its verdict. ``status`` and ``deployment_allowed`` are what CI acts on."""
@@ -325,6 +336,9 @@ class Validation(models.Model):
     status_reason = models.TextField(blank=True)
     manual_block_reason = models.TextField(blank=True, help_text="Set when ops closed the gate by hand.")
     blocking_reasons = models.JSONField(default=list, blank=True)
+    report = models.JSONField(
+        default=dict, blank=True, help_text="Headline metrics and explained checks, as the API shows them."
+    )
     test_config = models.JSONField(default=dict, blank=True)
     deployment_context = models.JSONField(default=dict, blank=True)
     requested_by = models.CharField(max_length=200, blank=True)
@@ -340,6 +354,8 @@ class Validation(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
+    objects = ValidationManager()
+
     class Meta:
         ordering = ["-created_at"]
         constraints = [
@@ -354,6 +370,7 @@ class Validation(models.Model):
                 fields=["project", "environment", "scenario", "-created_at"], name="validation_scn_history"
             ),
             models.Index(fields=["project", "git_hash"], name="validation_git_hash"),
+            models.Index(fields=["project", "build_id"], name="validation_build"),
             models.Index(fields=["status"], name="validation_status"),
         ]
 
@@ -393,6 +410,77 @@ class Run(models.Model):
         return f"run {self.pk} of {self.validation_id}"
 
 
+class MetricObservationManager(models.Manager):
+    def record(self, run, results) -> int:
+        """Store every finite number of a result set for ``run``. On PostgreSQL with COPY: a run
+        has a few hundred numbers and this sits on the request path of every upload."""
+        rows = [
+            (
+                series.key,
+                series.metric,
+                dict(series.tags),
+                series.kind,
+                aggregation,
+                value,
+                series.unit,
+                series.samples,
+            )
+            for series in results.series.values()
+            for aggregation, value in series.values.items()
+            if math.isfinite(value)
+        ]
+        scope = {
+            "run_id": run.pk,
+            "project_id": run.project_id,
+            "environment_id": run.environment_id,
+            "scenario_id": run.scenario_id,
+            "observed_at": run.created_at,
+        }
+        if connection.vendor == "postgresql":
+            from psycopg.types.json import Jsonb
+
+            columns = [*scope, "series", "metric", "tags", "kind", "aggregation", "value", "unit", "samples"]
+            with (
+                connection.cursor() as cursor,
+                cursor.cursor.copy(
+                    f"COPY {self.model._meta.db_table} ({', '.join(columns)}) FROM STDIN"
+                ) as copy,
+            ):
+                for series, metric, tags, kind, aggregation, value, unit, samples in rows:
+                    copy.write_row(
+                        (
+                            *scope.values(),
+                            series,
+                            metric,
+                            Jsonb(tags),
+                            kind,
+                            aggregation,
+                            value,
+                            unit,
+                            samples,
+                        )
+                    )
+            return len(rows)
+        self.bulk_create(
+            [
+                self.model(
+                    **scope,
+                    series=series,
+                    metric=metric,
+                    tags=tags,
+                    kind=kind,
+                    aggregation=aggregation,
+                    value=value,
+                    unit=unit,
+                    samples=samples,
+                )
+                for series, metric, tags, kind, aggregation, value, unit, samples in rows
+            ],
+            batch_size=500,
+        )
+        return len(rows)
+
+
 class MetricObservation(models.Model):
     """One normalized number of a run: (series, aggregation) → value.
 
@@ -413,6 +501,8 @@ class MetricObservation(models.Model):
     unit = models.CharField(max_length=16, blank=True)
     samples = models.BigIntegerField(null=True, blank=True)
     observed_at = models.DateTimeField()
+
+    objects = MetricObservationManager()
 
     class Meta:
         indexes = [

@@ -13,7 +13,7 @@ from baselines.selectors import baseline_active, baseline_value_for
 from baselines.services import baseline_promote
 from gates import rules, selectors
 from gates.audit import SYSTEM, Actor, audit_record
-from gates.errors import IdempotencyMismatch, InvalidState, ServiceError
+from gates.errors import IdempotencyMismatch, InvalidState, NotFound, ServiceError
 from gates.models import (
     CheckResult,
     Environment,
@@ -42,18 +42,21 @@ def validation_create(
     branch: str = "",
     test_config: dict | None = None,
     deployment_context: dict | None = None,
+    audit_request: bool = True,
 ) -> tuple[Validation, bool]:
     """Start a validation of one build, or return the one that exists: (validation, created).
 
     One (project, environment, buildId) is one validation, whoever asks and however often; a
     concurrent duplicate loses on the unique constraint and gets the winner's row.
+    ``audit_request=False`` is for a caller that evaluates it in the same transaction: its
+    ``validation.evaluated`` event then records the request too.
     """
     if environment.project_id != project.pk:
         raise ServiceError(
             f"Environment {environment} does not belong to project {project.slug}.",
             fields={"environment": ["Not an environment of this project."]},
         )
-    existing = Validation.objects.filter(project=project, environment=environment, build_id=build_id).first()
+    existing = Validation.objects.of_build(project, environment, build_id)
     if existing is not None:
         return existing, False
     test_config = test_config or {}
@@ -81,6 +84,8 @@ def validation_create(
                 deployment_context=deployment_context or {},
                 requested_by=actor.label,
             )
+            if not audit_request:
+                return validation, True
             audit_record(
                 action="validation.requested",
                 actor=actor,
@@ -96,7 +101,7 @@ def validation_create(
                 },
             )
     except IntegrityError:
-        return Validation.objects.get(project=project, environment=environment, build_id=build_id), False
+        return Validation.objects.of_build(project, environment, build_id), False
     return validation, True
 
 
@@ -112,33 +117,12 @@ def _record_run(*, validation: Validation, results: ResultSet, source: str) -> R
         request_count=results.request_count,
         duration_seconds=results.duration_seconds,
     )
-    observations = [
-        MetricObservation(
-            run=run,
-            project_id=validation.project_id,
-            environment_id=validation.environment_id,
-            scenario_id=validation.scenario_id,
-            series=series.key,
-            metric=series.metric,
-            tags=dict(series.tags),
-            kind=series.kind,
-            aggregation=aggregation,
-            value=value,
-            unit=series.unit,
-            samples=series.samples,
-            observed_at=run.created_at,
-        )
-        for series in results.series.values()
-        for aggregation, value in series.values.items()
-        if value == value and abs(value) != float("inf")  # NaN and infinity are not observations
-    ]
-    MetricObservation.objects.bulk_create(observations, batch_size=500)
+    MetricObservation.objects.record(run, results)
     return run
 
 
-def _evaluate(validation: Validation, results: ResultSet, alpha: float):
+def _evaluate(validation: Validation, results: ResultSet, applied: list[selectors.AppliedRule], alpha: float):
     """(applied rule or None, outcome) pairs: the load check first, then every rule."""
-    applied = selectors.validation_rules(validation)
     baseline = baseline_active(validation.project, validation.environment, validation.scenario)
     min_requests = validation.scenario.min_requests if validation.scenario else 0
     pairs = [(None, rules.evaluate_load(results, min_requests))]
@@ -167,12 +151,14 @@ def validation_evaluate(
     results: ResultSet,
     actor: Actor,
     source: str = Run.Source.UPLOADED,
+    applied: list[selectors.AppliedRule] | None = None,
 ) -> Validation:
     """Turn results into a verdict: record the run and its metrics, evaluate the load check and
     every rule, then set status, ``deployment_allowed`` and ``would_block`` by the environment's
     policy (shadow never blocks; fail-closed blocks on error and inconclusive).
 
     A validation that already has its outcome is refused: a decision, once made, is not rewritten.
+    ``applied`` saves reading the rules again when the caller already has them.
     """
     validation = (
         Validation.objects.select_for_update(of=("self",))
@@ -185,7 +171,9 @@ def validation_evaluate(
         )
     environment = validation.environment
     run = _record_run(validation=validation, results=results, source=source)
-    pairs, baseline = _evaluate(validation, results, settings.PERFGATE_SIGNIFICANCE_ALPHA)
+    if applied is None:
+        applied = selectors.validation_rules(validation)
+    pairs, baseline = _evaluate(validation, results, applied, settings.PERFGATE_SIGNIFICANCE_ALPHA)
     outcomes = [outcome for _, outcome in pairs]
 
     verdict = rules.aggregate_verdict(outcomes)
@@ -222,6 +210,7 @@ def validation_evaluate(
     validation.would_block = would_block
     validation.blocking_reasons = blocking_reasons
     validation.status_reason = _status_reason(verdict, status, environment, blocking_reasons)
+    validation.report = selectors.report_of(results, outcomes)
     validation.baseline = baseline
     validation.started_at = validation.started_at or now
     validation.finished_at = now
@@ -233,6 +222,7 @@ def validation_evaluate(
             "would_block",
             "blocking_reasons",
             "status_reason",
+            "report",
             "baseline",
             "started_at",
             "finished_at",
@@ -249,6 +239,9 @@ def validation_evaluate(
             "build_id": validation.build_id,
             "git_hash": validation.git_hash,
             "scenario": validation.scenario.name if validation.scenario else None,
+            "requested_by": validation.requested_by,
+            "test_config": validation.test_config,
+            "deployment_context": validation.deployment_context,
             "verdict": verdict,
             "status": status,
             "deployment_allowed": deployment_allowed,
@@ -413,7 +406,7 @@ def validation_ingest(
     The results are parsed before anything is written, so bad input leaves nothing behind. A
     repeated request for a build that already has its outcome returns that outcome unchanged.
     """
-    existing = Validation.objects.filter(project=project, environment=environment, build_id=build_id).first()
+    existing = Validation.objects.of_build(project, environment, build_id)
     if existing is not None and not existing.is_pending:
         return existing, False
     if existing is not None:
@@ -445,10 +438,11 @@ def validation_ingest(
             branch=branch,
             test_config=test_config,
             deployment_context=deployment_context,
+            audit_request=False,
         )
         if validation.is_pending:
             validation = validation_evaluate(
-                validation=validation, results=parsed, actor=actor, source=source
+                validation=validation, results=parsed, actor=actor, source=source, applied=applied
             )
     return validation, created
 
@@ -568,3 +562,40 @@ def validation_request(
                     "This Idempotency-Key was already used with a different request; use a new key."
                 ) from None
     return validation, created
+
+
+def baseline_request(
+    *,
+    project: Project,
+    environment: Environment,
+    build_id: str,
+    actor: Actor,
+    pin: bool = False,
+    reason: str = "",
+    git_hash: str = "",
+    results=None,
+    results_format: str | None = None,
+    test_config: dict | None = None,
+):
+    """Ops' "make this the baseline": a new version from a build's passed validation, or from
+    results uploaded with the request (evaluated first, like any upload; only a pass counts)."""
+    if results is not None:
+        if not git_hash:
+            raise ServiceError(
+                "gitHash is required with results.", fields={"gitHash": ["Required with results."]}
+            )
+        validation, _ = validation_request(
+            project=project,
+            environment=environment,
+            build_id=build_id,
+            git_hash=git_hash,
+            actor=actor,
+            test_config=test_config,
+            results=results,
+            results_format=results_format,
+        )
+    else:
+        validation = Validation.objects.of_build(project, environment, build_id)
+        if validation is None:
+            raise NotFound(f"No validation of build {build_id!r} in {project.slug}/{environment.name}.")
+    return baseline_promote(validation=validation, actor=actor, pin=pin, reason=reason)

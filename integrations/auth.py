@@ -6,8 +6,10 @@ A token authenticates as a ``TokenPrincipal``; views scope every lookup to the t
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
+from django.conf import settings
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions
@@ -18,6 +20,34 @@ from integrations.models import TOKEN_PREFIX, ApiToken, hash_token
 # Writing last_used_at on every request would make every read a write; once a minute is enough
 # to answer "is this token still in use?".
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+# Tokens this process verified recently: {token hash: (verified at, token)}. Polling CI asks
+# several times a second; the database is asked again after PERFGATE_TOKEN_CACHE_SECONDS.
+# Expiry is checked on every request; a revocation reaches this process at once and other
+# processes within those seconds.
+_verified: dict[str, tuple[float, ApiToken]] = {}
+
+
+def forget_token(token_hash: str | None = None) -> None:
+    """Drop a token (or all of them) from this process's cache of verified tokens."""
+    if token_hash is None:
+        _verified.clear()
+    else:
+        _verified.pop(token_hash, None)
+
+
+def _lookup(token_hash: str) -> ApiToken | None:
+    ttl = settings.PERFGATE_TOKEN_CACHE_SECONDS
+    now = time.monotonic()
+    cached = _verified.get(token_hash)
+    if cached is not None and now - cached[0] < ttl:
+        return cached[1]
+    token = ApiToken.objects.select_related("project").filter(token_hash=token_hash).first()
+    if token is not None and token.is_usable and ttl > 0:
+        _verified[token_hash] = (now, token)
+    else:
+        _verified.pop(token_hash, None)
+    return token
 
 
 class TokenPrincipal:
@@ -65,7 +95,7 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("Invalid token.") from None
         if not plaintext.startswith(TOKEN_PREFIX):
             raise exceptions.AuthenticationFailed("Invalid token.")
-        token = ApiToken.objects.select_related("project").filter(token_hash=hash_token(plaintext)).first()
+        token = _lookup(hash_token(plaintext))
         if token is None:
             raise exceptions.AuthenticationFailed("Invalid token.")
         if token.revoked_at is not None:
@@ -75,6 +105,7 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
         now = timezone.now()
         if token.last_used_at is None or token.last_used_at < now - LAST_USED_RESOLUTION:
             ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+            token.last_used_at = now
         return TokenPrincipal(token), token
 
     def authenticate_header(self, request):

@@ -10,6 +10,7 @@ from django.utils import timezone
 from gates.audit import Actor, audit_record
 from gates.errors import ServiceError
 from gates.models import Project
+from integrations.auth import forget_token
 from integrations.models import TOKEN_PREFIX, ApiToken, generate_token, hash_token
 
 MAX_EXPIRY_DAYS = 3650
@@ -86,6 +87,7 @@ def token_revoke(*, token: ApiToken, actor: Actor, reason: str = "") -> ApiToken
         return token
     token.revoked_at = timezone.now()
     token.save(update_fields=["revoked_at"])
+    forget_token(token.token_hash)
     audit_record(
         action="token.revoked",
         actor=actor,

@@ -95,6 +95,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("TEST", {})["NAME"] = str(BASE_DIR / "test-perfgate.sqlite3")
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
+    if env.bool("DATABASE_PREPARED_STATEMENTS", default=True):
+        # Queries are sent with server-side parameters and prepared after a few runs, so the hot
+        # paths (status polling, uploads) skip PostgreSQL's planner. Turn off behind a
+        # transaction-pooling pgbouncer, which cannot keep prepared statements.
+        DATABASES["default"].setdefault("OPTIONS", {}).update(
+            {"server_side_binding": True, "prepare_threshold": 5}
+        )
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -159,7 +166,7 @@ FILE_UPLOAD_TEMP_DIR = env.str("FILE_UPLOAD_TEMP_DIR", default="") or None
 
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": ["perfgate_site.limits.FastJSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["perfgate_site.limits.LimitedJSONParser"],
     "DEFAULT_AUTHENTICATION_CLASSES": ["integrations.auth.ApiTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["integrations.auth.HasToken"],
@@ -169,6 +176,13 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "perfgate_site.api.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
+
+# Seconds a process trusts a token it verified before asking the database again; a revoked token
+# stops working in every process within this time (at once in the one that revoked it).
+PERFGATE_TOKEN_CACHE_SECONDS = env.float("PERFGATE_TOKEN_CACHE_SECONDS", default=5.0)
+# Requests a process takes from the shared rate-limit budget at a time (1 = ask the shared cache
+# on every request; more = fewer round trips, a budget enforced to within that many per process).
+PERFGATE_RATE_LIMIT_BATCH = env.int("PERFGATE_RATE_LIMIT_BATCH", default=10)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "perfgate CI API",

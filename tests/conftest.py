@@ -178,7 +178,13 @@ def other_project_api(db):
 @pytest.fixture(autouse=True)
 def _fresh_cache(settings):
     """Rate-limit counters live in the shared cache. The database cache rolls back with each
-    test; Redis (CI's second pass) keeps them, so empty it."""
+    test; Redis (CI's second pass) keeps them, so empty it. The per-process caches of verified
+    tokens and rate-limit reservations start empty too."""
+    from integrations.auth import forget_token
+    from perfgate_site.limits import TokenRateThrottle
+
+    forget_token()
+    TokenRateThrottle.forget()
     if settings.REDIS_URL:
         from django.core.cache import cache
 

@@ -66,7 +66,8 @@ def test_actionlint_finds_nothing_in_the_workflow():
 def test_actionlint_does_find_a_broken_workflow(tmp_path):
     broken = tmp_path / "broken.yml"
     broken.write_text(
-        "on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ github.nope }}\n"
+        "on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n"
+        "      - run: echo ${{ github.nope }}\n"
     )
     completed = subprocess.run(
         [*actionlint_command(), str(broken)], capture_output=True, text=True, timeout=120

@@ -164,3 +164,16 @@ def test_a_token_made_in_the_admin_is_shown_once(client, admin_user, project):
     assert (token.name, token.environments, token.created_by) == ("GitHub Actions", ["staging"], "user:root")
     page = client.get(reverse("admin:integrations_apitoken_change", args=[token.pk])).content.decode()
     assert plaintext not in page
+
+
+def test_processes_share_one_budget_that_is_never_exceeded(project, monkeypatch, settings):
+    settings.PERFGATE_RATE_LIMIT_BATCH = 10
+    monkeypatch.setattr(TokenRateThrottle, "THROTTLE_RATES", {"token": "50/day"})
+    api = Api(make_token(project, "auditor")[1])
+    # Two server processes: each keeps its own reservations, both draw on the shared counter.
+    processes = ({}, {})
+    allowed = 0
+    for request in range(120):
+        monkeypatch.setattr(TokenRateThrottle, "_allowances", processes[request % 2])
+        allowed += api.get("/api/ci-cd/performance/history").status_code == 200
+    assert 50 - 2 * 10 <= allowed <= 50

@@ -5,7 +5,6 @@ import os
 
 from django.core.management.base import CommandError
 
-from gates import selectors
 from gates.audit import Actor
 from gates.models import Environment, Project
 from gates.report import check_table, summary_line
@@ -49,7 +48,7 @@ def render_validation(validation) -> str:
         "deploymentAllowed": validation.deployment_allowed,
         "wouldBlock": validation.would_block,
     }
-    lines = [check_table(selectors.validation_checks(validation)), "", summary_line(data)]
+    lines = [check_table(validation.report.get("checks", [])), "", summary_line(data)]
     if validation.status_reason:
         lines.append(validation.status_reason)
     return "\n".join(lines)
