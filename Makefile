@@ -5,7 +5,7 @@ demo: setup
 	.venv/bin/python manage.py demo
 
 test: setup
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+	Q_CLUSTER_NAME=perfgate-tests .venv/bin/python -m pytest $(PYTEST_ARGS)
 
 setup:
 	bash scripts/bootstrap

@@ -7,6 +7,7 @@ from django.utils.html import format_html, format_html_join
 
 from gates.audit import Actor, audit_record
 from gates.config import config_snapshot
+from gates.errors import ServiceError
 from gates.models import (
     AuditEvent,
     CheckResult,
@@ -16,6 +17,7 @@ from gates.models import (
     ThresholdRule,
     Validation,
 )
+from gates.services import validation_cancel
 
 VERDICT_COLOURS = {
     "pass": "#1a7f37",
@@ -239,7 +241,30 @@ class CheckResultInline(ReadOnlyAdminMixin, admin.TabularInline):
 
 @admin.register(Validation)
 class ValidationAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    """Read-only: a decision is made by the gate, never typed into a form."""
+    """Read-only: a decision is made by the gate, never typed into a form. Ops act on validations
+    through actions, which call the services."""
+
+    actions = ["cancel"]
+
+    @admin.action(description="Cancel the selected queued or running validations", permissions=["view"])
+    def cancel(self, request, queryset):
+        for validation in queryset.select_related("project"):
+            allowed = request.user.has_perm(
+                "gates.block_deployment", validation.project
+            ) or request.user.has_perm("gates.block_deployment")
+            if not allowed:
+                self.message_user(
+                    request, f"You may not cancel validations of {validation.project}.", messages.ERROR
+                )
+                continue
+            try:
+                validation_cancel(
+                    validation=validation, reason="cancelled in the admin", actor=Actor.for_user(request.user)
+                )
+            except ServiceError as exc:
+                self.message_user(request, f"{validation}: {exc.detail}", messages.WARNING)
+                continue
+            self.message_user(request, f"{validation}: cancel requested.")
 
     list_display = (
         "build_id",

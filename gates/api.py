@@ -23,7 +23,7 @@ from gates import selectors
 from gates.errors import NotFound, NotPermitted, ServiceError
 from gates.models import Environment, Project, Validation
 from gates.results import FORMATS
-from gates.services import baseline_request, validation_block, validation_request
+from gates.services import baseline_request, validation_block, validation_cancel, validation_request
 from integrations.auth import CanBlock, IsOpsToken
 from integrations.models import ApiToken
 from perfgate_site.api import StrictSerializer
@@ -331,6 +331,36 @@ class BlockView(APIView):
         project, environment = scope(request.auth, payload["project"], payload["environment"])
         validation = selectors.validation_for_build(project, payload["buildId"], environment.name)
         validation = validation_block(
+            validation=validation, reason=payload["reason"], actor=request.user.actor
+        )
+        return validation_response(validation)
+
+
+class CancelView(APIView):
+    """Stop a queued or running validation, with a reason (ops only). A running test is stopped
+    within seconds; the validation ends as an error, blocked or failed by policy."""
+
+    permission_classes = [IsOpsToken]
+
+    @extend_schema_serializer(component_name="CancelRequest")
+    class InputSerializer(StrictSerializer):
+        project = serializers.RegexField(SLUG, max_length=100)
+        environment = serializers.ChoiceField(Environment.Name.values)
+        buildId = serializers.RegexField(BUILD_ID, max_length=200)
+        reason = serializers.CharField(max_length=2000)
+
+    @extend_schema(
+        operation_id="cancel",
+        request=InputSerializer,
+        responses={200: ValidationSerializer, **errors(400, 403, 404, 409)},
+    )
+    def post(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        payload = serializer.validated_data
+        project, environment = scope(request.auth, payload["project"], payload["environment"])
+        validation = selectors.validation_for_build(project, payload["buildId"], environment.name)
+        validation = validation_cancel(
             validation=validation, reason=payload["reason"], actor=request.user.actor
         )
         return validation_response(validation)

@@ -350,6 +350,16 @@ class Validation(models.Model):
         related_name="+",
         help_text="The baseline version relative rules were compared with.",
     )
+    worker = models.CharField(max_length=200, blank=True, help_text="The worker that holds the lease.")
+    lease_expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="A running test whose lease expires unrenewed is ended as an error."
+    )
+    cancel_requested_by = models.CharField(max_length=200, blank=True)
+    cancel_reason = models.TextField(blank=True)
+    progress = models.JSONField(
+        default=dict, blank=True, help_text="While a test runs: elapsedSeconds, requests, requestRate."
+    )
+    estimated_completion = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -372,6 +382,7 @@ class Validation(models.Model):
             models.Index(fields=["project", "git_hash"], name="validation_git_hash"),
             models.Index(fields=["project", "build_id"], name="validation_build"),
             models.Index(fields=["status"], name="validation_status"),
+            models.Index(fields=["status", "lease_expires_at"], name="validation_lease"),
         ]
 
     def __str__(self):

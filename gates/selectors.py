@@ -176,6 +176,8 @@ class StatusRow:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    progress: dict
+    estimated_completion: datetime | None
 
     @property
     def is_pending(self) -> bool:
@@ -200,6 +202,8 @@ def status_row_of(validation: Validation) -> StatusRow:
         created_at=validation.created_at,
         started_at=validation.started_at,
         finished_at=validation.finished_at,
+        progress=validation.progress,
+        estimated_completion=validation.estimated_completion,
     )
 
 
@@ -209,7 +213,7 @@ def status_row_of(validation: Validation) -> StatusRow:
 _STATUS_SELECT = (
     "SELECT v.id, v.build_id, e.name, v.git_hash, s.name, v.status, v.verdict, v.deployment_allowed,"  # noqa: S608
     " v.would_block, v.status_reason, v.report, v.blocking_reasons, v.created_at, v.started_at,"
-    " v.finished_at"
+    " v.finished_at, v.progress, v.estimated_completion"
     f" FROM {Validation._meta.db_table} v"
     f" JOIN {Environment._meta.db_table} e ON e.id = v.environment_id"
     f" LEFT JOIN {Scenario._meta.db_table} s ON s.id = v.scenario_id"
@@ -253,6 +257,8 @@ def _status_row(project: Project, row) -> StatusRow | None:
         created_at,
         started_at,
         finished_at,
+        progress,
+        estimated_completion,
     ) = row
     return StatusRow(
         id=str(pk if isinstance(pk, uuid.UUID) else uuid.UUID(pk)),
@@ -271,6 +277,8 @@ def _status_row(project: Project, row) -> StatusRow | None:
         created_at=_as_datetime(created_at),
         started_at=_as_datetime(started_at),
         finished_at=_as_datetime(finished_at),
+        progress=_as_json(progress),
+        estimated_completion=_as_datetime(estimated_completion),
     )
 
 
@@ -328,8 +336,9 @@ def status_document(row: StatusRow) -> dict:
         "metrics": row.report.get("metrics", {}),
         "checks": row.report.get("checks", []),
         "blockingReasons": row.blocking_reasons,
-        "progress": None,
-        "estimatedCompletion": None,
+        # Progress is shown while the test runs; afterwards it is history, and the times tell it.
+        "progress": (row.progress or None) if row.status == Validation.Status.RUNNING else None,
+        "estimatedCompletion": row.estimated_completion if row.is_pending else None,
         "createdAt": row.created_at,
         "startedAt": row.started_at,
         "finishedAt": row.finished_at,

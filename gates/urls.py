@@ -10,6 +10,7 @@ urlpatterns = [
     path("validate", api.ValidateView.as_view(), name="validate"),
     path("status/<str:buildId>", api.StatusView.as_view(), name="status"),
     path("block", api.BlockView.as_view(), name="block"),
+    path("cancel", api.CancelView.as_view(), name="cancel"),
     path("history", api.HistoryView.as_view(), name="history"),
     path("baseline", api.BaselineView.as_view(), name="baseline"),
     path("regression", api.RegressionView.as_view(), name="regression"),

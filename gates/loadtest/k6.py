@@ -1,13 +1,21 @@
 """Drive the real k6 binary and hand back plain data. No ORM.
 
 k6 runs in a temporary directory with a clean environment (the control plane's secrets never
-reach a load-test script), writes ``--summary-export`` and raw ``--out json``, and is killed when
-it outlives its hard timeout or when the caller cancels it. Its exit code is reported but is not
-the verdict: the gate recomputes the numbers from the raw output.
+reach a load-test script), writes ``--summary-export`` and raw ``--out json``, and is stopped when
+it outlives its hard timeout or when the caller cancels it; it also dies with the process that
+started it. Its exit code is reported but is not the verdict: the gate recomputes the numbers
+from the raw output.
+
+The script ops registered runs unchanged under a small wrapper module that re-exports it and
+replaces its load options with the scenario's (VUs or arrival rate, duration, warm-up) and pins
+the target host to the addresses perfgate checked.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import json
 import os
 import shutil
 import signal
@@ -15,13 +23,26 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 TREND_STATS = "avg,min,med,max,p(90),p(95),p(99),count"
 # k6 exits 99 when its own thresholds fail; for the gate that is just a finished run.
 K6_THRESHOLDS_FAILED = 99
 STOP_GRACE_SECONDS = 5
+_PR_SET_PDEATHSIG = 1
+
+WRAPPER = """// Written by perfgate: the registered script, with the scenario's load profile.
+import * as registered from './script.js';
+export * from './script.js';
+export {{ default }} from './script.js';
+export const options = Object.assign({{}}, registered.options, {{
+  vus: undefined, duration: undefined, stages: undefined, iterations: undefined,
+  scenarios: {scenarios},
+  hosts: Object.assign({{}}, (registered.options || {{}}).hosts, {hosts}),
+  summaryTrendStats: {trend_stats},
+}});
+"""
 
 
 class K6NotFound(RuntimeError):
@@ -36,6 +57,14 @@ class K6Spec:
     target_url: str
     vus: int
     duration_seconds: int
+    arrival_rate: int | None = None
+    max_vus: int | None = None
+    warmup_seconds: int = 0
+    hosts: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def total_seconds(self) -> int:
+        return self.warmup_seconds + self.duration_seconds
 
 
 @dataclass
@@ -77,24 +106,83 @@ def clean_environment(workdir: Path, target_url: str) -> dict[str, str]:
     }
 
 
-def build_command(binary: str, spec: K6Spec, workdir: Path) -> list[str]:
+def scenarios(spec: K6Spec) -> dict:
+    """k6 scenarios for the load profile: closed (VUs) or open (arrival rate), with warm-up."""
+    duration = f"{spec.duration_seconds}s"
+    if spec.arrival_rate:
+        max_vus = max(spec.max_vus or spec.vus, spec.vus)
+        if spec.warmup_seconds:
+            measure = {
+                "executor": "ramping-arrival-rate",
+                "startRate": 0,
+                "timeUnit": "1s",
+                "preAllocatedVUs": spec.vus,
+                "maxVUs": max_vus,
+                "stages": [
+                    {"duration": f"{spec.warmup_seconds}s", "target": spec.arrival_rate},
+                    {"duration": duration, "target": spec.arrival_rate},
+                ],
+            }
+        else:
+            measure = {
+                "executor": "constant-arrival-rate",
+                "rate": spec.arrival_rate,
+                "timeUnit": "1s",
+                "duration": duration,
+                "preAllocatedVUs": spec.vus,
+                "maxVUs": max_vus,
+            }
+    elif spec.warmup_seconds:
+        measure = {
+            "executor": "ramping-vus",
+            "startVUs": 0,
+            "gracefulRampDown": "0s",
+            "stages": [
+                {"duration": f"{spec.warmup_seconds}s", "target": spec.vus},
+                {"duration": duration, "target": spec.vus},
+            ],
+        }
+    else:
+        measure = {"executor": "constant-vus", "vus": spec.vus, "duration": duration}
+    return {"measure": measure}
+
+
+def write_scripts(spec: K6Spec, workdir: Path) -> Path:
+    (workdir / "script.js").write_text(spec.script_text, encoding="utf-8")
+    wrapper = WRAPPER.format(
+        scenarios=json.dumps(scenarios(spec)),
+        hosts=json.dumps(spec.hosts),
+        trend_stats=json.dumps(TREND_STATS.split(",")),
+    )
+    main = workdir / "perfgate-main.js"
+    main.write_text(wrapper, encoding="utf-8")
+    return main
+
+
+def build_command(binary: str, main: Path, workdir: Path) -> list[str]:
     return [
         binary,
         "run",
         "--quiet",
         "--no-usage-report",
-        "--vus",
-        str(spec.vus),
-        "--duration",
-        f"{spec.duration_seconds}s",
         "--summary-trend-stats",
         TREND_STATS,
         "--summary-export",
         str(workdir / "summary.json"),
         "--out",
         f"json={workdir / 'raw.ndjson'}",
-        str(workdir / "script.js"),
+        str(main),
     ]
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def die_with_parent() -> None:
+    """In the child before exec: if the worker that started k6 dies (even by kill -9), k6 gets
+    SIGKILL instead of loading a target nobody is watching any more. (Only a system call here:
+    the child of a threaded process must not take locks before exec.)"""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -116,13 +204,18 @@ def run_k6(
     timeout_seconds: float,
     binary: str = "",
     should_cancel: Callable[[], bool] | None = None,
-    poll_seconds: float = 0.5,
+    on_tick: Callable[[float], None] | None = None,
+    tick_seconds: float = 0.5,
 ) -> K6Outcome:
-    """Run one k6 test in ``workdir`` (which must exist and be private to this run)."""
+    """Run one k6 test in ``workdir`` (which must exist and be private to this run).
+
+    ``on_tick(elapsed)`` is called about every ``tick_seconds`` while k6 runs (progress, lease
+    renewal); ``should_cancel()`` at the same pace stops the test early.
+    """
     workdir = Path(workdir)
-    (workdir / "script.js").write_text(spec.script_text, encoding="utf-8")
+    main = write_scripts(spec, workdir)
     stderr_path = workdir / "k6.stderr"
-    command = build_command(k6_binary(binary), spec, workdir)
+    command = build_command(k6_binary(binary), main, workdir)
     started = time.monotonic()
     timed_out = cancelled = False
     with open(stderr_path, "wb") as stderr:
@@ -133,10 +226,12 @@ def run_k6(
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=stderr,
+            preexec_fn=die_with_parent,
         )
         try:
             while process.poll() is None:
-                if time.monotonic() - started > timeout_seconds:
+                elapsed = time.monotonic() - started
+                if elapsed > timeout_seconds:
                     timed_out = True
                     _stop(process)
                     break
@@ -144,7 +239,10 @@ def run_k6(
                     cancelled = True
                     _stop(process)
                     break
-                time.sleep(poll_seconds)
+                if on_tick is not None:
+                    on_tick(elapsed)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=tick_seconds)
         finally:
             _stop(process)
     tail = stderr_path.read_bytes()[-4000:].decode("utf-8", "replace")

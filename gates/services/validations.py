@@ -1,5 +1,4 @@
-"""Every state change of the gate. Each service is atomic, takes keyword-only arguments including
-the acting ``Actor``, and writes its audit event in the same transaction."""
+"""Validations: asking, evaluating, blocking, and the errors that end them."""
 
 from __future__ import annotations
 
@@ -27,7 +26,7 @@ from gates.models import (
 )
 from gates.results import parse_results
 from gates.results.base import ParseError, ResultSet
-from gates.targets import TargetRefused, check_target_url
+from gates.targets import TargetRefused, resolve_target
 from gates.units import parse_duration
 
 
@@ -289,15 +288,32 @@ def _status_reason(verdict: str, status: str, environment: Environment, blocking
 
 
 @transaction.atomic
-def validation_record_error(*, validation: Validation, reason: str, actor: Actor) -> Validation:
-    """End a validation that could not produce results (target down, tool crashed, lease expired):
-    verdict ``error``, then ``blocked`` or ``failed`` by the environment's policy."""
+def validation_record_error(
+    *,
+    validation: Validation,
+    reason: str,
+    actor: Actor,
+    action: str = "validation.errored",
+    only_if_lease_expired: bool = False,
+) -> Validation:
+    """End a validation that could not produce results (target down, tool crashed, cancelled,
+    lease expired): verdict ``error``, then ``blocked`` or ``failed`` by the environment's policy.
+
+    A validation that already ended is left as it is. ``only_if_lease_expired`` is the reaper's
+    guard: a worker that renewed its lease in the meantime keeps it.
+    """
     validation = (
         Validation.objects.select_for_update(of=("self",))
         .select_related("project", "environment")
         .get(pk=validation.pk)
     )
     if not validation.is_pending:
+        return validation
+    if only_if_lease_expired and not (
+        validation.status == Validation.Status.RUNNING
+        and validation.lease_expires_at is not None
+        and validation.lease_expires_at < timezone.now()
+    ):
         return validation
     environment = validation.environment
     status, deployment_allowed = environment.outcome_for(Verdict.ERROR)
@@ -308,6 +324,7 @@ def validation_record_error(*, validation: Validation, reason: str, actor: Actor
     validation.would_block = environment.would_block(Verdict.ERROR)
     validation.status_reason = reason
     validation.blocking_reasons = [reason] if status == Validation.Status.BLOCKED else []
+    validation.lease_expires_at = None
     validation.finished_at = now
     validation.save(
         update_fields=[
@@ -317,11 +334,12 @@ def validation_record_error(*, validation: Validation, reason: str, actor: Actor
             "would_block",
             "status_reason",
             "blocking_reasons",
+            "lease_expires_at",
             "finished_at",
         ]
     )
     audit_record(
-        action="validation.errored",
+        action=action,
         actor=actor,
         target=validation,
         project=validation.project.slug,
@@ -332,6 +350,7 @@ def validation_record_error(*, validation: Validation, reason: str, actor: Actor
             "verdict": Verdict.ERROR,
             "status": status,
             "deployment_allowed": deployment_allowed,
+            "worker": validation.worker,
             "policy": {"mode": environment.mode, "fail_closed": environment.fail_closed},
         },
     )
@@ -469,7 +488,7 @@ def _effective_test_config(project: Project, scenario: Scenario, requested: dict
             config["duration"] = f"{scenario.max_duration_seconds}s"
     if config.get("targetUrl"):
         try:
-            check_target_url(config["targetUrl"], project.allowed_hosts)
+            resolve_target(config["targetUrl"], project.allowed_hosts)
         except TargetRefused as exc:
             raise ServiceError(
                 f"Target URL refused: {exc}.", fields={"testConfig.targetUrl": [str(exc)]}
@@ -477,6 +496,71 @@ def _effective_test_config(project: Project, scenario: Scenario, requested: dict
     if capped:
         config["capped"] = capped
     return config
+
+
+def _queue_run(validation: Validation) -> None:
+    from django_q.tasks import async_task
+
+    async_task(
+        "gates.tasks.validation_run",
+        str(validation.pk),
+        task_name=f"run {validation.project.slug}/{validation.environment.name} {validation.build_id}"[:100],
+        group="validation-runs",
+    )
+
+
+def _missing_staging_pass(project: Project, environment: Environment, git_hash: str) -> str:
+    """Why a production validation may not start (empty when it may): production can require a
+    passed, or bypassed, staging validation of the same commit first."""
+    if environment.name != Environment.Name.PRODUCTION or not environment.require_staging_pass:
+        return ""
+    passed = Validation.objects.filter(
+        project=project,
+        environment__name=Environment.Name.STAGING,
+        git_hash=git_hash,
+        status__in=[Validation.Status.PASSED, Validation.Status.BYPASSED],
+    ).exists()
+    if passed:
+        return ""
+    return (
+        f"Production requires a passed staging validation of git hash {git_hash} first, and there is "
+        "none; validate staging first."
+    )
+
+
+@transaction.atomic
+def _validation_refused(*, reason: str, actor: Actor, **fields) -> tuple[Validation, bool]:
+    """A validation that is blocked before any test, because a precondition failed."""
+    validation, created = validation_create(actor=actor, **fields)
+    if not created or not validation.is_pending:
+        return validation, created
+    now = timezone.now()
+    validation.status = Validation.Status.BLOCKED
+    validation.deployment_allowed = False
+    validation.would_block = True
+    validation.status_reason = reason
+    validation.blocking_reasons = [reason]
+    validation.finished_at = now
+    validation.save(
+        update_fields=[
+            "status",
+            "deployment_allowed",
+            "would_block",
+            "status_reason",
+            "blocking_reasons",
+            "finished_at",
+        ]
+    )
+    audit_record(
+        action="validation.refused",
+        actor=SYSTEM,
+        target=validation,
+        project=validation.project.slug,
+        environment=validation.environment.name,
+        reason=reason,
+        data={"build_id": validation.build_id, "git_hash": validation.git_hash},
+    )
+    return validation, created
 
 
 def validation_request(
@@ -522,7 +606,21 @@ def validation_request(
         raise ServiceError(detail, fields={"testConfig.scenario": [detail]})
     test_config = _effective_test_config(project, scenario, test_config)
     branch = (deployment_context or {}).get("ref") or ""
-    if results is not None:
+    missing = _missing_staging_pass(project, environment, git_hash)
+    if missing:
+        validation, created = _validation_refused(
+            project=project,
+            environment=environment,
+            scenario=scenario,
+            build_id=build_id,
+            git_hash=git_hash,
+            branch=branch,
+            test_config=test_config,
+            deployment_context=deployment_context,
+            actor=actor,
+            reason=missing,
+        )
+    elif results is not None:
         validation, created = validation_ingest(
             project=project,
             environment=environment,
@@ -538,17 +636,20 @@ def validation_request(
             deployment_context=deployment_context,
         )
     else:
-        validation, created = validation_create(
-            project=project,
-            environment=environment,
-            build_id=build_id,
-            git_hash=git_hash,
-            actor=actor,
-            scenario=scenario,
-            branch=branch,
-            test_config=test_config,
-            deployment_context=deployment_context,
-        )
+        with transaction.atomic():
+            validation, created = validation_create(
+                project=project,
+                environment=environment,
+                build_id=build_id,
+                git_hash=git_hash,
+                actor=actor,
+                scenario=scenario,
+                branch=branch,
+                test_config=test_config,
+                deployment_context=deployment_context,
+            )
+            if created:
+                transaction.on_commit(lambda: _queue_run(validation))
     if idempotency_key:
         try:
             with transaction.atomic():

@@ -1,0 +1,38 @@
+"""Every state change of the gate. Each service is atomic, takes keyword-only arguments including
+the acting ``Actor``, and writes its audit event in the same transaction.
+
+``validations``: asking, evaluating, blocking, errors. ``runs``: claiming, leases, cancelling,
+reaping.
+"""
+
+from gates.services.runs import (
+    validation_cancel,
+    validation_claim,
+    validation_reap_expired,
+    validation_renew_lease,
+    worker_actor,
+)
+from gates.services.validations import (
+    baseline_request,
+    validation_block,
+    validation_create,
+    validation_evaluate,
+    validation_ingest,
+    validation_record_error,
+    validation_request,
+)
+
+__all__ = [
+    "baseline_request",
+    "validation_block",
+    "validation_cancel",
+    "validation_claim",
+    "validation_create",
+    "validation_evaluate",
+    "validation_ingest",
+    "validation_reap_expired",
+    "validation_record_error",
+    "validation_renew_lease",
+    "validation_request",
+    "worker_actor",
+]

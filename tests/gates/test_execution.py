@@ -1,0 +1,274 @@
+"""Load tests run by real `manage.py qcluster` workers with the real k6 against a local target:
+verdicts, leases, dying workers, cancelling, and one run per validation."""
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+from django_q.models import Schedule
+from django_q.tasks import async_task
+
+from baselines.models import Baseline
+from gates.loadtest.sample_target import start_in_thread
+from gates.models import AuditEvent, Environment, Project, Run, Scenario, ThresholdRule, Validation
+from tests.conftest import Api, make_token
+from tests.qcluster import qcluster, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+SCRIPT = (Path(__file__).resolve().parents[2] / "gates" / "demo" / "guest-list.js").read_text()
+LOCUSTFILE = """
+from locust import FastHttpUser, constant, task
+
+
+class Guest(FastHttpUser):
+    wait_time = constant(0.01)
+
+    @task
+    def guests(self):
+        self.client.get("/api/guests", name="guest-list")
+"""
+
+
+@pytest.fixture
+def target():
+    server = start_in_thread(latency_ms=20.0, jitter_ms=1.0)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def gated(db, target):
+    """A project whose staging is fail-open and production fail-closed, with absolute and
+    relative rules, testing the local target for 3 s per run."""
+    project = Project.objects.create(slug="wedsync-web", name="WedSync", allowed_hosts=["127.0.0.1"])
+    Environment.objects.create(project=project, name="staging", fail_closed=False)
+    Environment.objects.create(project=project, name="production", fail_closed=True)
+    scenario = Scenario.objects.create(
+        project=project,
+        name="guest-list",
+        script_text=SCRIPT,
+        target_url=target.url,
+        vus=5,
+        duration_seconds=3,
+        max_duration_seconds=120,
+        min_requests=20,
+        is_default=True,
+    )
+    ThresholdRule.objects.create(
+        project=project, scenario=scenario, metric="http_req_duration", threshold="p(95)<2000"
+    )
+    ThresholdRule.objects.create(
+        project=project,
+        scenario=scenario,
+        metric="http_req_duration",
+        kind="relative",
+        aggregation="p(95)",
+        warn_pct=5,
+        fail_pct=10,
+        floor=5,
+    )
+    return project
+
+
+@pytest.fixture
+def ci(gated):
+    return Api(make_token(gated, "ci")[1])
+
+
+@pytest.fixture
+def ops_token(gated):
+    return Api(make_token(gated, "ops")[1])
+
+
+def validate(api, build, environment="staging", **test_config):
+    body = {"project": "wedsync-web", "environment": environment, "buildId": build, "gitHash": "c" * 40}
+    if test_config:
+        body["testConfig"] = test_config
+    response = api.post("/api/ci-cd/performance/validate", body)
+    assert response.status_code == 202, response.content
+    return response.json()
+
+
+def status(api, build, environment="staging"):
+    return api.get(f"/api/ci-cd/performance/status/{build}", {"environment": environment}).json()
+
+
+def finished(api, build, environment="staging", timeout=90):
+    return wait_for(
+        lambda: (s := status(api, build, environment))["status"] not in ("queued", "running") and s,
+        timeout=timeout,
+        what=f"build {build} to finish",
+    )
+
+
+def k6_running() -> list[str]:
+    listing = subprocess.run(["pgrep", "-af", "perfgate-main.js"], capture_output=True, text=True).stdout
+    return [line for line in listing.splitlines() if "pgrep" not in line]
+
+
+def test_a_good_build_passes_and_the_same_build_50_percent_slower_is_blocked(ci, target):
+    with qcluster():
+        validate(ci, "good")
+        good = finished(ci, "good")
+        assert (good["status"], good["deploymentAllowed"]) == ("passed", True), good
+        assert Baseline.objects.get().source_validation.build_id == "good"
+        run = Run.objects.get(validation__build_id="good")
+        assert run.source == "executed" and run.request_count > 100
+
+        target.knobs.latency_ms = 30.0
+        validate(ci, "slow")
+        slow = finished(ci, "slow")
+    assert (slow["status"], slow["verdict"], slow["deploymentAllowed"]) == ("blocked", "fail", False), slow
+    relative = next(c for c in slow["checks"] if c["kind"] == "relative")
+    assert relative["verdict"] == "fail" and relative["changePct"] > 10
+    assert any("above baseline" in reason for reason in slow["blockingReasons"])
+
+
+def test_progress_and_an_estimate_are_shown_while_the_test_runs(ci):
+    with qcluster():
+        validate(ci, "long", duration="8s")
+        running = wait_for(
+            lambda: (s := status(ci, "long"))["progress"] and s["progress"]["requests"] > 0 and s,
+            timeout=30,
+            what="progress with requests",
+        )
+        assert running["status"] == "running"
+        assert running["progress"]["elapsedSeconds"] > 0 and running["progress"]["requestRate"] >= 0
+        assert running["estimatedCompletion"] is not None
+        done = finished(ci, "long")
+    assert done["progress"] is None and done["estimatedCompletion"] is None
+
+
+@pytest.mark.parametrize(
+    ("environment", "status_", "allowed"), [("staging", "failed", True), ("production", "blocked", False)]
+)
+def test_a_target_that_is_down_ends_failed_or_blocked_by_policy(ci, target, environment, status_, allowed):
+    target.shutdown()
+    target.server_close()
+    with qcluster():
+        validate(ci, "down", environment)
+        outcome = finished(ci, "down", environment)
+    assert (outcome["status"], outcome["verdict"], outcome["deploymentAllowed"]) == (
+        status_,
+        "error",
+        allowed,
+    )
+    assert "Target unreachable" in outcome["statusReason"]
+
+
+def test_cancel_stops_k6_within_seconds(ci, ops_token):
+    with qcluster():
+        validate(ci, "to-cancel", duration="60s")
+        wait_for(
+            lambda: status(ci, "to-cancel")["status"] == "running" and k6_running(),
+            timeout=30,
+            what="k6 to start",
+        )
+        asked = time.monotonic()
+        response = ops_token.post(
+            "/api/ci-cd/performance/cancel",
+            {
+                "project": "wedsync-web",
+                "environment": "staging",
+                "buildId": "to-cancel",
+                "reason": "wrong target, sorry",
+            },
+        )
+        assert response.status_code == 200, response.content
+        outcome = finished(ci, "to-cancel", timeout=20)
+        stopped_after = time.monotonic() - asked
+        wait_for(lambda: not k6_running(), timeout=10, what="k6 to exit")
+    assert stopped_after < 10
+    assert outcome["status"] == "failed" and "Cancelled by" in outcome["statusReason"]
+    assert "wrong target, sorry" in outcome["statusReason"]
+    assert AuditEvent.objects.filter(action="validation.cancelled").count() == 1
+
+
+def test_a_queued_validation_is_cancelled_at_once(ci, ops_token):
+    validate(ci, "queued")  # no worker runs
+    response = ops_token.post(
+        "/api/ci-cd/performance/cancel",
+        {"project": "wedsync-web", "environment": "staging", "buildId": "queued", "reason": "not needed"},
+    )
+    data = response.json()
+    assert (data["status"], data["verdict"]) == ("failed", "error") and "not needed" in data["statusReason"]
+    again = ops_token.post(
+        "/api/ci-cd/performance/cancel",
+        {"project": "wedsync-web", "environment": "staging", "buildId": "queued", "reason": "again"},
+    )
+    assert again.status_code == 409
+
+
+def test_a_ci_token_cannot_cancel(ci):
+    validate(ci, "mine")
+    response = ci.post(
+        "/api/ci-cd/performance/cancel",
+        {"project": "wedsync-web", "environment": "staging", "buildId": "mine", "reason": "x"},
+    )
+    assert response.status_code == 403
+
+
+def test_a_killed_worker_is_noticed_within_the_lease_and_the_reaper_interval(ci):
+    # The reaper's schedule, as the migration makes it (transactional tests empty the tables).
+    Schedule.objects.create(
+        name="reaper",
+        func="gates.tasks.reap_expired_leases",
+        schedule_type=Schedule.MINUTES,
+        minutes=1,
+        repeats=-1,
+        next_run=timezone.now(),
+    )
+    with qcluster():
+        validate(ci, "doomed", duration="60s")
+        wait_for(
+            lambda: status(ci, "doomed")["status"] == "running" and k6_running(),
+            timeout=30,
+            what="the test to start",
+        )
+        worker_pid = int(Validation.objects.get(build_id="doomed").worker.rsplit(":", 1)[1])
+        os.kill(worker_pid, signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for(lambda: not k6_running(), timeout=10, what="k6 to die with its worker")
+        outcome = finished(ci, "doomed", timeout=4 + 60 + 15)
+        noticed_after = time.monotonic() - killed
+    assert noticed_after < 4 + 60 + 15
+    assert (outcome["status"], outcome["verdict"]) == ("failed", "error")
+    assert "stopped reporting" in outcome["statusReason"] and "lease" in outcome["statusReason"]
+    assert AuditEvent.objects.filter(action="validation.lease_expired").count() == 1
+
+
+def test_two_workers_never_run_the_same_validation(ci):
+    validation_id = validate(ci, "contended")["validationId"]
+    # The broker hands the same run out twice more, to two clusters.
+    async_task("gates.tasks.validation_run", validation_id)
+    async_task("gates.tasks.validation_run", validation_id)
+    with qcluster(), qcluster():
+        outcome = finished(ci, "contended")
+    assert outcome["status"] == "passed"
+    assert AuditEvent.objects.filter(action="validation.started").count() == 1
+    assert Run.objects.filter(validation_id=validation_id).count() == 1
+
+
+def test_a_locust_scenario_runs_with_locust(gated, ci, target):
+    Scenario.objects.create(
+        project=gated,
+        name="locust-guests",
+        tool="locust",
+        script_text=LOCUSTFILE,
+        target_url=target.url,
+        vus=3,
+        duration_seconds=3,
+        min_requests=20,
+    )
+    with qcluster():
+        validate(ci, "locust-1", scenario="locust-guests")
+        outcome = finished(ci, "locust-1")
+    assert outcome["status"] == "passed", outcome
+    assert Run.objects.get(validation__build_id="locust-1").tool == "locust"
+    assert outcome["metrics"]["http_reqs"]["count"] >= 20
