@@ -31,3 +31,11 @@ def test_a_secret_key_from_the_environment_is_enough_in_production():
     result = load_settings(DEBUG="false", SECRET_KEY="x" * 50)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_a_load_test_task_is_never_run_twice_by_the_broker():
+    from django.conf import settings
+
+    cluster = settings.Q_CLUSTER
+    assert cluster["max_attempts"] == 1
+    assert cluster["retry"] > cluster["timeout"]

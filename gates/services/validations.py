@@ -208,7 +208,7 @@ def validation_evaluate(
     validation.deployment_allowed = deployment_allowed
     validation.would_block = would_block
     validation.blocking_reasons = blocking_reasons
-    validation.status_reason = _status_reason(verdict, status, environment, blocking_reasons)
+    validation.status_reason = _status_reason(verdict, status, environment, blocking_reasons, outcomes)
     validation.report = selectors.report_of(results, outcomes)
     validation.baseline = baseline
     validation.started_at = validation.started_at or now
@@ -277,14 +277,28 @@ def _promotes_automatically(outcomes: list[rules.CheckOutcome], status: str) -> 
     return all(o.verdict in (Verdict.PASS, Verdict.NO_BASELINE) for o in outcomes)
 
 
-def _status_reason(verdict: str, status: str, environment: Environment, blocking: list[str]) -> str:
+def _status_reason(
+    verdict: str,
+    status: str,
+    environment: Environment,
+    blocking: list[str],
+    outcomes: list[rules.CheckOutcome],
+) -> str:
+    """The one sentence CI logs and the admin list show."""
     if status == Validation.Status.BLOCKED:
         return "Blocked: " + "; ".join(blocking) if blocking else f"Blocked: verdict {verdict}."
     if not environment.enforced and environment.would_block(verdict):
         return "Shadow mode: enforcement would have blocked (" + "; ".join(blocking) + ")."
     if status == Validation.Status.FAILED:
-        return "No trustworthy verdict (error); the fail-open policy lets the deployment proceed."
-    return f"Verdict {verdict}."
+        errors = [f"{o.metric} {o.reason}".strip() for o in outcomes if o.verdict == Verdict.ERROR]
+        return (
+            "No trustworthy verdict (" + ("; ".join(errors) or "error") + "); the fail-open policy lets "
+            "the deployment proceed."
+        )
+    notes = [f"{o.label}: {o.reason}" for o in outcomes if o.verdict != Verdict.PASS]
+    if notes:
+        return f"Passed with {len(notes)} warning{'s' if len(notes) > 1 else ''}: " + "; ".join(notes)
+    return "Passed: every check is within its limits."
 
 
 @transaction.atomic

@@ -118,3 +118,27 @@ def test_the_audit_log_is_view_only_even_for_superusers(admin_client_logged_in, 
         == 403
     )
     assert admin_client_logged_in.get(reverse("admin:gates_auditevent_add")).status_code == 403
+
+
+def test_ops_with_the_right_on_the_project_cancel_from_the_admin(client, ops, project, staging, actor):
+    from django.contrib.auth.models import Permission
+    from guardian.shortcuts import assign_perm
+
+    ops.user_permissions.add(Permission.objects.get(codename="view_validation"))
+    validation, _ = validation_create(
+        project=project, environment=staging, build_id="b-1", git_hash="c" * 40, actor=actor
+    )
+    client.force_login(ops)
+    changelist = reverse("admin:gates_validation_changelist")
+    action = {"action": "cancel", "_selected_action": [str(validation.pk)]}
+
+    client.post(changelist, action, follow=True)
+    validation.refresh_from_db()
+    assert validation.status == "queued"  # no right on this project yet
+
+    assign_perm("gates.block_deployment", ops, project)
+    response = client.post(changelist, action, follow=True)
+    validation.refresh_from_db()
+    assert validation.status == "failed" and "cancelled in the admin" in validation.status_reason
+    assert "cancel requested" in response.content.decode()
+    assert AuditEvent.objects.filter(action="validation.cancelled", actor="user:olivia-ops").exists()

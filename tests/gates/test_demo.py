@@ -1,9 +1,11 @@
-"""The README's first command, minus the server it leaves running: a real end-to-end run."""
+"""The README's first command: a real end-to-end run through the API, a worker and k6."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,22 +19,84 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def processes_marked(marker: str) -> list[int]:
+    """Processes whose environment carries ``marker`` (the demo's children inherit it)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def demo(tmp_path, *args):
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env.update(
+        DATABASE_URL=f"sqlite:///{tmp_path / 'demo.sqlite3'}",
+        DEBUG="true",
+        Q_CLUSTER_NAME=f"perfgate-demo-test-{os.getpid()}",
+    )
+    web, target = free_port(), free_port()
+    command = [
+        sys.executable,
+        "manage.py",
+        "demo",
+        "--addr",
+        f"127.0.0.1:{web}",
+        "--target-port",
+        str(target),
+        *args,
+    ]
+    return web, target, command, env
+
+
 @pytest.mark.slow
 def test_the_demo_passes_a_good_build_and_blocks_a_slow_one(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL",)}
-    env.update(DATABASE_URL=f"sqlite:///{tmp_path / 'demo.sqlite3'}", DEBUG="true")
-    result = subprocess.run(
-        [sys.executable, "manage.py", "demo", "--no-serve", "--target-port", str(free_port())],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = result.stdout
-    good, slow = out.split("==> Build demo-")[1:]
+    web, target, command, env = demo(tmp_path, "--no-serve")
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    good, slow = result.stdout.split("==> Build demo-")[1:]
     assert "status passed" in good and "deployment allowed" in good
-    assert "is now baseline v1" in good
+    assert "is now the baseline" in good
+    assert "running:" in good  # progress while the worker's k6 ran
     assert "status blocked" in slow and "deployment BLOCKED" in slow
     assert "above baseline" in slow and "p(95)" in slow
+    assert not listening(web) and not listening(target)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_process_the_demo_started(tmp_path):
+    web, target, command, env = demo(tmp_path)
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    output = []
+    deadline = time.monotonic() + 240
+    for line in process.stdout:
+        output.append(line)
+        if "Press Ctrl-C to stop." in line or time.monotonic() > deadline:
+            break
+    text = "".join(output)
+    assert "Press Ctrl-C to stop." in text, text[-3000:]
+    assert "password:" in text and f"http://127.0.0.1:{web}/admin/" in text
+    assert listening(web) and listening(target)
+    marker = f"perfgate-demo-test-{os.getpid()}"
+    assert (
+        len(processes_marked(marker)) >= 4
+    )  # the demo, its web server, worker (sentinel and more), sample API
+
+    process.send_signal(signal.SIGINT)
+    rest, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, rest[-2000:]
+    assert "Stopping" in rest
+    assert not listening(web) and not listening(target)
+    assert processes_marked(marker) == []

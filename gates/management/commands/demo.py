@@ -1,138 +1,248 @@
-"""manage.py demo: the README's first command, end to end on the embedded defaults.
+"""manage.py demo: the README's first command, end to end.
 
-It migrates the database, applies the demo configuration, starts the sample wedding platform on
-loopback, runs two real k6 validations (a good build that passes and becomes the baseline, then a
-build with injected slowdown that is blocked), prints both check tables and leaves the admin
-running until Ctrl-C.
+It migrates the database, applies the demo configuration, starts the web server, a django-q2
+worker and the sample wedding platform on loopback, then asks perfgate through its own API to
+validate two builds, the way CI would: a good build, which passes and becomes the baseline, and
+a build with injected slowdown, which is blocked. The worker runs real k6 for both. It prints
+both check tables and the admin's address and login, and keeps everything running until Ctrl-C,
+then stops every process it started.
 """
 
+import contextlib
+import os
 import secrets
-import tempfile
+import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import requests
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from baselines.selectors import baseline_active
 from gates.audit import Actor
-from gates.loadtest.k6 import K6Spec, run_k6
-from gates.loadtest.sample_target import start_in_thread
-from gates.management.commands._common import render_validation
-from gates.models import Environment, Project, Run, Scenario
-from gates.services import validation_ingest
+from gates.models import Project
+from gates.report import check_table, summary_line
+from integrations.services import token_create
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "demo" / "perfgate.yaml"
 GOOD_LATENCY_MS = 20.0
 SLOW_LATENCY_MS = 30.0  # +50%: the regression the gate must catch
+READY_TIMEOUT = 60
 
 
 class Command(BaseCommand):
-    help = "Run the perfgate demo: two real k6 validations against a sample API, then serve the admin."
+    help = "Run the perfgate demo: web server, worker, sample API and two real validations through the API."
 
     def add_arguments(self, parser):
+        parser.add_argument("--addr", default="127.0.0.1:8000", help="Where the web server listens.")
         parser.add_argument(
             "--target-port", type=int, default=8001, help="Port of the sample wedding platform."
         )
-        parser.add_argument("--addr", default="127.0.0.1:8000", help="Where the admin is served.")
-        parser.add_argument("--no-serve", action="store_true", help="Stop after the two validations.")
+        parser.add_argument(
+            "--no-serve", action="store_true", help="Stop everything after the two validations."
+        )
 
     def handle(self, *args, **options):
+        self.children: list[tuple[str, subprocess.Popen]] = []
+        host, port = options["addr"].rsplit(":", 1)
+        for name, (bind_host, bind_port) in {
+            "web server": (host, int(port)),
+            "sample API": ("127.0.0.1", options["target_port"]),
+        }.items():
+            _require_free(name, bind_host, bind_port)
         self.step("Migrating the database")
         call_command("migrate", verbosity=0, interactive=False)
-        call_command("createcachetable", verbosity=0)
         self.step(f"Applying {DEMO_CONFIG.name}")
         call_command("apply_config", str(DEMO_CONFIG))
-
         project = Project.objects.get(slug="wedsync-web")
-        environment = Environment.objects.get(project=project, name=Environment.Name.STAGING)
-        scenario = Scenario.objects.get(project=project, is_default=True)
+        _, token = token_create(
+            project=project,
+            role="ci",
+            name=f"demo {time.strftime('%Y-%m-%d %H:%M')}",
+            actor=Actor("system", "demo"),
+            environments=["staging"],
+            expires_days=1,
+        )
 
-        try:
-            target = start_in_thread(options["target_port"], latency_ms=GOOD_LATENCY_MS)
-        except OSError as exc:
-            raise CommandError(
-                f"Cannot start the sample API on 127.0.0.1:{options['target_port']}: {exc}. "
-                "Pick another port with --target-port."
-            ) from exc
-        self.step(f"Sample wedding platform API on {target.url} (guest list, RSVP, photo upload)")
+        base_url = f"http://{options['addr']}"
+        target_url = f"http://127.0.0.1:{options['target_port']}"
+        stopping = {"now": False}
 
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+        def stop(signum, frame):
+            stopping["now"] = True
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, stop)
         try:
+            self.start(
+                "sample API",
+                [
+                    sys.executable,
+                    "-m",
+                    "gates.loadtest.sample_target",
+                    "--port",
+                    str(options["target_port"]),
+                    "--latency-ms",
+                    str(GOOD_LATENCY_MS),
+                ],
+                ready=f"{target_url}/healthz",
+            )
+            self.start(
+                "web server",
+                [
+                    sys.executable,
+                    "manage.py",
+                    "runserver",
+                    options["addr"],
+                    "--noreload",
+                    "--insecure",
+                    "--skip-checks",
+                ],
+                ready=f"{base_url}/healthz",
+            )
+            self.start("worker", [sys.executable, "manage.py", "qcluster"], ready=None)
+            self.step(f"perfgate on {base_url}, a worker, and the sample wedding platform on {target_url}")
+
+            api = requests.Session()
+            api.headers["Authorization"] = f"Bearer {token}"
+            stamp = time.strftime("%Y%m%d-%H%M%S")
             for label, latency in (("good", GOOD_LATENCY_MS), ("slow", SLOW_LATENCY_MS)):
-                target.knobs.latency_ms = latency
+                requests.post(
+                    f"{target_url}/_knobs", json={"latency_ms": latency}, timeout=5
+                ).raise_for_status()
                 build = f"demo-{stamp}-{label}"
                 self.step(
-                    f"Build {build}: k6 runs {scenario.name} ({scenario.vus} VUs, "
-                    f"{scenario.duration_seconds}s) against {target.url} at {latency:g} ms server latency"
+                    f"Build {build}: the sample API answers in {latency:g} ms; CI asks perfgate to check it"
                 )
-                validation = self.validate(project, environment, scenario, build, target.url)
-                self.stdout.write(render_validation(validation))
-                baseline = baseline_active(project, environment, scenario)
-                if baseline is not None and baseline.source_validation_id == validation.pk:
-                    self.stdout.write(
-                        f"Build {build} is now baseline v{baseline.version} of {scenario}/{environment.name}."
-                    )
-        finally:
-            target.shutdown()
-            target.server_close()
+                document = self.validate(api, base_url, build, target_url)
+                self.stdout.write(check_table(document["checks"]))
+                self.stdout.write("")
+                self.stdout.write(summary_line(document))
+                if document.get("statusReason"):
+                    self.stdout.write(document["statusReason"])
+                if label == "good" and document["status"] == "passed":
+                    self.stdout.write(f"Build {build} is now the baseline of wedsync-web/staging.")
 
-        if options["no_serve"]:
-            return
-        username, password = self.admin_login()
-        self.step("The admin is running")
-        self.stdout.write(
-            f"  address:  http://{options['addr']}/admin/\n  login:    {username}\n"
-            f"  password: {password}   (shown once; run the demo again for a new one)\n"
-            "Press Ctrl-C to stop."
-        )
-        call_command(
-            "runserver", options["addr"], use_reloader=False, skip_checks=True, insecure_serving=True
-        )
+            if options["no_serve"]:
+                return
+            username, password = _admin_login()
+            self.step("perfgate is running")
+            self.stdout.write(
+                f"  admin:    {base_url}/admin/\n  login:    {username}\n"
+                f"  password: {password}   (shown once; run the demo again for a new one)\n"
+                f"  API docs: {base_url}/api/docs/\nPress Ctrl-C to stop."
+            )
+            while not stopping["now"]:
+                for name, child in self.children:
+                    if child.poll() is not None:
+                        raise CommandError(f"The {name} stopped unexpectedly (exit {child.returncode}).")
+                time.sleep(1)
+        except KeyboardInterrupt:
+            self.stdout.write("\nStopping…")
+        finally:
+            self.stop_all()
 
     def step(self, text: str) -> None:
         self.stdout.write(self.style.MIGRATE_HEADING(f"\n==> {text}"))
 
-    def validate(self, project, environment, scenario, build: str, target_url: str):
-        spec = K6Spec(
-            script_text=scenario.script_text,
-            target_url=target_url,
-            vus=scenario.vus,
-            duration_seconds=scenario.duration_seconds,
+    def start(self, name: str, command: list[str], ready: str | None) -> None:
+        # A session of its own: Ctrl-C reaches the demo alone, which then stops each process in
+        # order (a worker's sentinel must be asked to stop, not have its workers killed under it).
+        child = subprocess.Popen(
+            command,
+            cwd=settings.BASE_DIR,
+            env=os.environ.copy(),
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-        with tempfile.TemporaryDirectory(prefix="perfgate-demo-") as workdir:
-            outcome = run_k6(
-                spec,
-                Path(workdir),
-                timeout_seconds=scenario.duration_seconds + 60,
-                binary=settings.PERFGATE_K6_BINARY,
-            )
-            if not outcome.raw_path.exists():
-                raise CommandError(
-                    f"k6 produced no results (exit {outcome.exit_code}):\n{outcome.stderr_tail}"
-                )
-            validation, _ = validation_ingest(
-                project=project,
-                environment=environment,
-                build_id=build,
-                git_hash=secrets.token_hex(20),
-                results=outcome.raw_path,
-                results_format="k6-ndjson",
-                actor=Actor("system", "demo"),
-                scenario=scenario,
-                source=Run.Source.EXECUTED,
-            )
-        return validation
+        self.children.append((name, child))
+        deadline = time.monotonic() + READY_TIMEOUT
+        while ready is not None:
+            if child.poll() is not None:
+                raise CommandError(f"The {name} did not start (exit {child.returncode}).")
+            try:
+                if requests.get(ready, timeout=2).ok:
+                    return
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise CommandError(f"The {name} did not answer at {ready} within {READY_TIMEOUT} s.")
+            time.sleep(0.2)
 
-    def admin_login(self) -> tuple[str, str]:
-        """An `admin` superuser with a fresh random password."""
-        password = secrets.token_urlsafe(12)
-        user, _ = get_user_model().objects.get_or_create(
-            username="admin", defaults={"email": "admin@example.invalid"}
+    def validate(self, api: requests.Session, base_url: str, build: str, target_url: str) -> dict:
+        response = api.post(
+            f"{base_url}/api/ci-cd/performance/validate",
+            timeout=30,
+            json={
+                "project": "wedsync-web",
+                "environment": "staging",
+                "buildId": build,
+                "gitHash": secrets.token_hex(20),
+                "testConfig": {"targetUrl": target_url},
+                "deploymentContext": {"provider": "other", "actor": "demo"},
+            },
         )
-        user.is_staff = user.is_superuser = True
-        user.set_password(password)
-        user.save()
-        return user.username, password
+        if response.status_code not in (200, 202):
+            raise CommandError(f"perfgate refused the validation: {response.status_code} {response.text}")
+        document = response.json()
+        while document["status"] in ("queued", "running"):
+            progress = document.get("progress") or {}
+            if progress:
+                self.stdout.write(
+                    f"    {document['status']}: {progress['elapsedSeconds']:.0f} s, "
+                    f"{progress['requests']} requests, {progress['requestRate']:.0f}/s"
+                )
+            else:
+                self.stdout.write(f"    {document['status']}…")
+            response = api.get(
+                f"{base_url}/api/ci-cd/performance/status/{build}",
+                timeout=40,
+                params={"project": "wedsync-web", "environment": "staging", "wait": 5},
+            )
+            response.raise_for_status()
+            document = response.json()
+        return document
+
+    def stop_all(self) -> None:
+        for name, child in reversed(self.children):
+            if child.poll() is None:
+                child.terminate()
+                try:
+                    child.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    self.stderr.write(f"The {name} did not stop in 20 s; killing it.")
+                    child.kill()
+                    child.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)  # whatever it left behind
+        self.children.clear()
+
+
+def _require_free(name: str, host: str, port: int) -> None:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise CommandError(
+                f"Cannot start the {name} on {host}:{port}: {exc.strerror}. "
+                "Stop what uses it, or choose another port (see --help)."
+            ) from None
+
+
+def _admin_login() -> tuple[str, str]:
+    """An `admin` superuser with a fresh random password."""
+    password = secrets.token_urlsafe(12)
+    user, _ = get_user_model().objects.get_or_create(
+        username="admin", defaults={"email": "admin@example.invalid"}
+    )
+    user.is_staff = user.is_superuser = True
+    user.set_password(password)
+    user.save()
+    return user.username, password
