@@ -4,7 +4,7 @@ from django.contrib import admin, messages
 
 from baselines.models import Baseline, BaselineMetric
 from baselines.services import baseline_pin, baseline_unpin
-from gates.admin import ReadOnlyAdminMixin
+from gates.admin.base import ProjectScopedMixin, ReadOnlyAdminMixin
 from gates.audit import Actor
 
 
@@ -16,7 +16,7 @@ class BaselineMetricInline(ReadOnlyAdminMixin, admin.TabularInline):
 
 
 @admin.register(Baseline)
-class BaselineAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class BaselineAdmin(ReadOnlyAdminMixin, ProjectScopedMixin, admin.ModelAdmin):
     list_display = (
         "project",
         "environment",
@@ -27,7 +27,7 @@ class BaselineAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "created_by",
         "created_at",
     )
-    list_filter = ("pinned", "environment__name", "project")
+    list_filter = ("pinned", "environment__name", ("project", admin.RelatedOnlyFieldListFilter))
     list_select_related = ("project", "environment", "scenario")
     fields = (
         "project",

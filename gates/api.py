@@ -13,6 +13,7 @@ import json
 
 import orjson
 from django.http import QueryDict
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.parsers import MultiPartParser
@@ -21,9 +22,15 @@ from rest_framework.views import APIView
 
 from gates import selectors
 from gates.errors import NotFound, NotPermitted, ServiceError
-from gates.models import Environment, Project, Validation
+from gates.models import BypassRequest, Environment, Project, Validation
 from gates.results import FORMATS
-from gates.services import baseline_request, validation_block, validation_cancel, validation_request
+from gates.services import (
+    baseline_request,
+    bypass_request,
+    validation_block,
+    validation_cancel,
+    validation_request,
+)
 from integrations.auth import CanBlock, IsOpsToken
 from integrations.models import ApiToken
 from perfgate_site.api import StrictSerializer
@@ -73,7 +80,7 @@ class ValidationSerializer(serializers.Serializer):
         status = serializers.CharField()
         regression = serializers.CharField()
         admin = serializers.CharField()
-        chart = serializers.CharField(allow_null=True)
+        chart = serializers.CharField()
 
     @extend_schema_serializer(component_name="ValidationProgress")
     class Progress(serializers.Serializer):
@@ -364,6 +371,95 @@ class CancelView(APIView):
             validation=validation, reason=payload["reason"], actor=request.user.actor
         )
         return validation_response(validation)
+
+
+@extend_schema_serializer(component_name="Bypass")
+class BypassSerializer(serializers.Serializer):
+    """A bypass request as the API shows it."""
+
+    @extend_schema_serializer(component_name="BypassApproval")
+    class Approval(serializers.Serializer):
+        approver = serializers.CharField()
+        at = serializers.DateTimeField()
+
+    bypassId = serializers.UUIDField()
+    project = serializers.CharField()
+    environment = serializers.CharField()
+    buildId = serializers.CharField()
+    validationId = serializers.UUIDField()
+    status = serializers.ChoiceField(BypassRequest.Status.values)
+    justification = serializers.CharField()
+    ticketUrl = serializers.CharField(allow_blank=True)
+    requestedBy = serializers.CharField()
+    requiredApprovals = serializers.IntegerField()
+    approvals = Approval(many=True)
+    expiresAt = serializers.DateTimeField()
+    createdAt = serializers.DateTimeField()
+    links = serializers.DictField(child=serializers.CharField())
+
+
+def bypass_document(bypass: BypassRequest) -> dict:
+    return {
+        "bypassId": str(bypass.pk),
+        "project": bypass.project.slug,
+        "environment": bypass.environment.name,
+        "buildId": bypass.build_id,
+        "validationId": str(bypass.validation_id),
+        "status": bypass.status,
+        "justification": bypass.justification,
+        "ticketUrl": bypass.ticket_url,
+        "requestedBy": bypass.requested_by,
+        "requiredApprovals": bypass.required_approvals,
+        "approvals": [
+            {"approver": a.approver.get_username(), "at": a.created_at}
+            for a in bypass.approvals.select_related("approver")
+        ],
+        "expiresAt": bypass.expires_at,
+        "createdAt": bypass.created_at,
+        "links": {"admin": reverse("admin:gates_bypassrequest_change", args=[bypass.pk])},
+    }
+
+
+class BypassView(APIView):
+    """Ask for an emergency bypass of a blocked build. Approval happens in the admin, by people
+    other than the requester (and the token's owner) with approval rights on the project."""
+
+    @extend_schema_serializer(component_name="BypassRequest")
+    class InputSerializer(StrictSerializer):
+        project = serializers.RegexField(SLUG, max_length=100)
+        environment = serializers.ChoiceField(Environment.Name.values)
+        buildId = serializers.RegexField(BUILD_ID, max_length=200)
+        justification = serializers.CharField(max_length=4000)
+        ticketUrl = serializers.URLField(max_length=500, required=False, allow_blank=True, default="")
+        expiresInMinutes = serializers.IntegerField(min_value=1, max_value=24 * 60, required=False)
+        requestedBy = serializers.CharField(
+            max_length=100,
+            required=False,
+            allow_blank=True,
+            default="",
+            help_text="The person the CI job acts for; they may not approve.",
+        )
+
+    @extend_schema(
+        operation_id="bypass",
+        request=InputSerializer,
+        responses={201: BypassSerializer, **errors(400, 403, 404, 409)},
+    )
+    def post(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        payload = serializer.validated_data
+        project, environment = scope(request.auth, payload["project"], payload["environment"])
+        validation = selectors.validation_for_build(project, payload["buildId"], environment.name)
+        bypass = bypass_request(
+            validation=validation,
+            justification=payload["justification"],
+            actor=request.user.actor,
+            ticket_url=payload["ticketUrl"],
+            expires_in_minutes=payload.get("expiresInMinutes"),
+            requested_for=payload["requestedBy"],
+        )
+        return Response(bypass_document(bypass), status=status.HTTP_201_CREATED)
 
 
 class HistoryView(APIView):

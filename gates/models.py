@@ -66,6 +66,7 @@ class Project(ConfigSourced):
             ("block_deployment", "Can block a deployment by hand"),
             ("change_thresholds", "Can change thresholds and scenarios"),
             ("trigger_rollback", "Can trigger a rollback"),
+            ("view_every_project", "Can view every project (auditors)"),
         ]
 
     def __str__(self):
@@ -572,6 +573,66 @@ class CheckResult(models.Model):
 
     def __str__(self):
         return f"{self.label}: {self.verdict}"
+
+
+class BypassRequest(models.Model):
+    """An emergency override for exactly one blocked validation: requested with a justification,
+    approved by people other than the requester who hold ``approve_bypass`` on the project
+    (production can require two), within its expiry.
+
+    ``requester_names`` are every identity behind the request (the person or CI actor named, the
+    token's owner, the admin user): none of them may approve it.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved", "approved (the validation is bypassed)"
+        REJECTED = "rejected"
+        EXPIRED = "expired"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="bypass_requests")
+    environment = models.ForeignKey(Environment, on_delete=models.PROTECT, related_name="bypass_requests")
+    validation = models.ForeignKey("Validation", on_delete=models.PROTECT, related_name="bypass_requests")
+    build_id = models.CharField(max_length=200)
+    justification = models.TextField()
+    ticket_url = models.URLField(max_length=500, blank=True)
+    requested_by = models.CharField(max_length=200, help_text="Who asked, as the audit log names them.")
+    requester_names = models.JSONField(default=list, help_text="Usernames that may not approve this request.")
+    required_approvals = models.PositiveSmallIntegerField(default=1)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    expires_at = models.DateTimeField()
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.CharField(max_length=200, blank=True)
+    decision_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "bypass request"
+        indexes = [models.Index(fields=["status", "expires_at"], name="bypass_pending")]
+
+    def __str__(self):
+        return f"bypass of {self.project.slug}/{self.environment.name} {self.build_id}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.status == self.Status.PENDING
+
+
+class BypassApproval(models.Model):
+    """One person's approval of a bypass request."""
+
+    bypass = models.ForeignKey(BypassRequest, on_delete=models.PROTECT, related_name="approvals")
+    approver = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [models.UniqueConstraint(fields=["bypass", "approver"], name="bypass_approval_once")]
+
+    def __str__(self):
+        return f"{self.approver} approved {self.bypass}"
 
 
 class IdempotencyKey(models.Model):

@@ -314,8 +314,7 @@ def _links(project: str, environment: str, build_id: str, validation_id: str) ->
         "status": f"{reverse('api:status', args=[build_id])}?{scope}",
         "regression": f"{reverse('api:regression')}?{scope}&{urlencode({'buildId': build_id})}",
         "admin": reverse("admin:gates_validation_change", args=[validation_id]),
-        # The metric chart arrives with the ops-console work; no link until it exists.
-        "chart": None,
+        "chart": reverse("validation-chart", args=[validation_id]),
     }
 
 
@@ -486,4 +485,68 @@ def regression_report(validation: Validation) -> dict:
             "createdAt": baseline.created_at,
         },
         "comparisons": comparisons,
+    }
+
+
+def chart_of(
+    validation: Validation, metric: str = "http_req_duration", aggregation: str = "p(95)", points: int = 30
+) -> dict:
+    """What the history chart of a validation shows: the metric over the last validations of
+    its project, environment and scenario (up to and including it), its baseline band and the
+    fail limit its check used."""
+    from baselines.models import BaselineMetric
+    from baselines.selectors import baseline_active
+    from gates.charts import Band, Point
+
+    history = list(
+        Validation.objects.filter(
+            project=validation.project,
+            environment=validation.environment,
+            scenario=validation.scenario,
+            created_at__lte=validation.created_at,
+        )
+        .order_by("-created_at")
+        .values_list("pk", "build_id", "status")[:points]
+    )[::-1]
+    values = dict(
+        MetricObservation.objects.filter(
+            run__validation__in=[pk for pk, _, _ in history], series=metric, aggregation=aggregation
+        )
+        .order_by("run__created_at")
+        .values_list("run__validation_id", "value")
+    )
+    baseline = validation.baseline or baseline_active(
+        validation.project, validation.environment, validation.scenario
+    )
+    band = None
+    if baseline is not None:
+        reference = BaselineMetric.objects.filter(
+            baseline=baseline, series=metric, aggregation=aggregation
+        ).first()
+        if reference is not None:
+            band = Band(
+                low=reference.minimum, high=reference.maximum, mean=reference.value, version=baseline.version
+            )
+    limit = next(
+        (
+            c["limit"]
+            for c in validation.report.get("checks", [])
+            if c.get("metric") == metric
+            and c.get("aggregation") == aggregation
+            and c.get("kind") == "relative"
+            and c.get("limit") is not None
+        ),
+        None,
+    )
+    unit = "ms" if metric.endswith("duration") else ""
+    return {
+        "title": f"{metric} {aggregation} — {validation.project.slug}/{validation.environment.name}/"
+        f"{validation.scenario.name if validation.scenario else '—'}",
+        "unit": unit,
+        "points": [
+            Point(label=build, value=values.get(pk), status=status, current=pk == validation.pk)
+            for pk, build, status in history
+        ],
+        "band": band,
+        "limit": limit,
     }

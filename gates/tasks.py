@@ -2,7 +2,7 @@
 nothing; correctness never depends on the broker retrying or not."""
 
 from gates import execution
-from gates.services import validation_reap_expired
+from gates.services import bypass_expire_due, validation_reap_expired
 
 
 def validation_run(validation_id: str) -> None:
@@ -13,3 +13,8 @@ def validation_run(validation_id: str) -> None:
 def reap_expired_leases() -> int:
     """Scheduled: end running validations whose worker stopped renewing its lease."""
     return validation_reap_expired()
+
+
+def expire_bypass_requests() -> int:
+    """Scheduled: close bypass requests nobody decided on in time."""
+    return bypass_expire_due()

@@ -11,6 +11,7 @@ urlpatterns = [
     path("status/<str:buildId>", api.StatusView.as_view(), name="status"),
     path("block", api.BlockView.as_view(), name="block"),
     path("cancel", api.CancelView.as_view(), name="cancel"),
+    path("bypass", api.BypassView.as_view(), name="bypass"),
     path("history", api.HistoryView.as_view(), name="history"),
     path("baseline", api.BaselineView.as_view(), name="baseline"),
     path("regression", api.RegressionView.as_view(), name="regression"),

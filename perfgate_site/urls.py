@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from gates.views import validation_chart
 from perfgate_site.health import healthz, readyz
 
 admin.site.site_header = "perfgate"
@@ -15,6 +16,7 @@ urlpatterns = [
     path("api/ci-cd/performance/", include("gates.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("charts/validations/<uuid:pk>.svg", validation_chart, name="validation-chart"),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
 ]

@@ -39,3 +39,26 @@ def test_a_load_test_task_is_never_run_twice_by_the_broker():
     cluster = settings.Q_CLUSTER
     assert cluster["max_attempts"] == 1
     assert cluster["retry"] > cluster["timeout"]
+
+
+def test_cookies_are_secure_and_http_only_when_debug_is_off():
+    probe = (
+        "from django.conf import settings as s; print(s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, "
+        "s.SESSION_COOKIE_HTTPONLY, s.SECURE_HSTS_SECONDS > 0, s.X_FRAME_OPTIONS)"
+    )
+    environment = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "SECRET_KEY", "DATABASE_URL")}
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **environment,
+            "DEBUG": "false",
+            "SECRET_KEY": "x" * 50,
+            "DJANGO_SETTINGS_MODULE": "perfgate_site.settings",
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True", "True", "True", "DENY"]

@@ -2,9 +2,10 @@
 the acting ``Actor``, and writes its audit event in the same transaction.
 
 ``validations``: asking, evaluating, blocking, errors. ``runs``: claiming, leases, cancelling,
-reaping.
+reaping. ``bypasses``: emergency bypasses and their four-eyes approval.
 """
 
+from gates.services.bypasses import bypass_approve, bypass_expire_due, bypass_reject, bypass_request
 from gates.services.runs import (
     validation_cancel,
     validation_claim,
@@ -24,6 +25,10 @@ from gates.services.validations import (
 
 __all__ = [
     "baseline_request",
+    "bypass_approve",
+    "bypass_expire_due",
+    "bypass_reject",
+    "bypass_request",
     "validation_block",
     "validation_cancel",
     "validation_claim",

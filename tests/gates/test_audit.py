@@ -101,3 +101,49 @@ def test_verify_audit_log_exits_non_zero_at_the_first_broken_link():
         call_command("verify_audit_log", stdout=StringIO(), stderr=err)
     assert exit_.value.code == 1
     assert f"#{events[0].pk}" in err.getvalue()
+
+
+postgres_only = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="the append-only trigger exists on PostgreSQL only"
+)
+
+
+def without_maintenance(cursor):
+    cursor.execute("SET LOCAL perfgate.audit_maintenance = 'off'")
+
+
+@postgres_only
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE gates_auditevent SET reason = 'rewritten'",
+        "DELETE FROM gates_auditevent",
+        "TRUNCATE gates_auditevent",
+    ],
+)
+def test_the_database_itself_refuses_to_change_the_audit_log(statement):
+    from django.db import DatabaseError
+
+    record(2)
+    with (
+        pytest.raises(DatabaseError, match="append-only"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        without_maintenance(cursor)
+        cursor.execute(statement)
+    assert AuditEvent.objects.count() == 2
+
+
+@postgres_only
+@pytest.mark.django_db
+def test_a_superuser_who_disables_the_trigger_to_tamper_is_still_caught():
+    events = record(3)
+    with transaction.atomic(), connection.cursor() as cursor:
+        without_maintenance(cursor)
+        cursor.execute("ALTER TABLE gates_auditevent DISABLE TRIGGER gates_auditevent_no_update_delete")
+        cursor.execute("UPDATE gates_auditevent SET actor = 'user:mallory' WHERE id = %s", [events[1].pk])
+        cursor.execute("ALTER TABLE gates_auditevent ENABLE TRIGGER gates_auditevent_no_update_delete")
+    checked, broken = verify_chain()
+    assert checked == 1 and broken.event_id == events[1].pk

@@ -1,0 +1,156 @@
+"""What the admin's pages share: verdict badges, read-only records, audited configuration edits,
+and scoping to the projects a user may see."""
+
+from django.contrib import admin, messages
+from django.db import transaction
+from django.utils.html import format_html
+
+from gates.audit import Actor, audit_record
+from gates.config import config_snapshot
+from gates.models import Environment, Project
+from gates.permissions import may, projects_where, sees_every_project, visible_projects
+
+VERDICT_COLOURS = {
+    "pass": "#1a7f37",
+    "passed": "#1a7f37",
+    "warn": "#9a6700",
+    "no_baseline": "#9a6700",
+    "fail": "#cf222e",
+    "blocked": "#cf222e",
+    "error": "#cf222e",
+    "failed": "#bc4c00",
+    "inconclusive": "#8250df",
+    "bypassed": "#8250df",
+    "queued": "#57606a",
+    "running": "#0969da",
+}
+
+
+def badge(value: str):
+    if not value:
+        return "—"
+    colour = VERDICT_COLOURS.get(value, "#57606a")
+    return format_html('<strong style="color:{}">{}</strong>', colour, value.replace("_", " "))
+
+
+class ReadOnlyAdminMixin:
+    """Nobody adds, changes or deletes these rows in the admin, superusers included: they are
+    decisions made by the gate, or records of them. Viewing follows the view permission."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class ConfigSourceMixin:
+    """Shows where a setting came from, and audits every edit with its before and after."""
+
+    @admin.display(description="source")
+    def source(self, obj):
+        if obj.config_source:
+            return format_html(
+                '<span title="Managed by this file: apply_config overwrites edits made here">📄 {}</span>',
+                obj.config_source,
+            )
+        return "admin"
+
+    def get_readonly_fields(self, request, obj=None):
+        return (*super().get_readonly_fields(request, obj), "config_source")
+
+    def save_model(self, request, obj, form, change):
+        obj._audit_before = config_snapshot(type(obj).objects.get(pk=obj.pk)) if change else None
+        super().save_model(request, obj, form, change)
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        obj = form.instance
+        after = config_snapshot(obj)
+        before = getattr(obj, "_audit_before", None)
+        if before == after:
+            return
+        kind = obj._meta.model_name
+        audit_record(
+            action=f"config.{kind}.{'updated' if change else 'created'}",
+            actor=Actor.for_user(request.user),
+            target=obj,
+            project=_project_slug(obj),
+            environment=getattr(obj, "name", "") if isinstance(obj, Environment) else "",
+            reason="edited in the admin",
+            data={"before": before, "after": after},
+        )
+        if obj.config_source:
+            messages.warning(
+                request,
+                f"{obj} is managed by {obj.config_source}: the next apply_config of that "
+                "file will overwrite this edit.",
+            )
+
+    def delete_model(self, request, obj):
+        with transaction.atomic():
+            self._audit_delete(request, obj)
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        with transaction.atomic():
+            for obj in queryset:
+                self._audit_delete(request, obj)
+            super().delete_queryset(request, queryset)
+
+    def _audit_delete(self, request, obj):
+        audit_record(
+            action=f"config.{obj._meta.model_name}.deleted",
+            actor=Actor.for_user(request.user),
+            target=obj,
+            project=_project_slug(obj),
+            reason="deleted in the admin",
+            data={"before": config_snapshot(obj)},
+        )
+
+
+def _project_slug(obj) -> str:
+    return obj.slug if isinstance(obj, Project) else obj.project.slug
+
+
+class ProjectScopedMixin:
+    """Shows each user the rows of the projects they may see, and lets them change a row only
+    with ``change_right`` on its project. Choices of project (and of rows tied to a project) in
+    forms are limited the same way."""
+
+    project_path = "project"
+    change_right = "change_thresholds"
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if sees_every_project(request.user):
+            return queryset
+        return queryset.filter(**{f"{self.project_path}__in": visible_projects(request.user)})
+
+    def _project_of(self, obj):
+        for part in self.project_path.split("__"):
+            obj = getattr(obj, part)
+        return obj
+
+    def has_change_permission(self, request, obj=None):
+        allowed = super().has_change_permission(request, obj)
+        if not allowed or obj is None:
+            return allowed
+        return may(request.user, self.change_right, self._project_of(obj))
+
+    def has_delete_permission(self, request, obj=None):
+        allowed = super().has_delete_permission(request, obj)
+        if not allowed or obj is None:
+            return allowed
+        return may(request.user, self.change_right, self._project_of(obj))
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        changeable = projects_where(request.user, self.change_right)
+        if db_field.name == "project":
+            kwargs["queryset"] = changeable
+        elif db_field.name in ("scenario", "environment"):
+            kwargs["queryset"] = db_field.related_model.objects.filter(project__in=changeable)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)

@@ -1,0 +1,244 @@
+"""Emergency bypasses, with four eyes.
+
+A bypass request covers exactly one blocked validation. It needs a justification and expires
+(4 h by default, 24 h at most). Each approver must hold ``approve_bypass`` on the project and
+must not be anyone behind the request (the person or CI actor who asked, the token's owner) —
+superusers included. Production can require two distinct approvers. The last approval turns the
+validation ``bypassed``: deployment allowed, the underlying verdict kept. These rules live here,
+not in the admin, so every way of approving obeys them.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.utils import timezone
+
+from gates.audit import SYSTEM, Actor, audit_record
+from gates.errors import InvalidState, NotPermitted, ServiceError
+from gates.models import BypassApproval, BypassRequest, Validation
+
+DEFAULT_EXPIRY_MINUTES = 4 * 60
+MAX_EXPIRY_MINUTES = 24 * 60
+
+
+def _names(*names: str | None) -> list[str]:
+    return sorted({name.strip().lower() for name in names if name and name.strip()})
+
+
+@transaction.atomic
+def bypass_request(
+    *,
+    validation: Validation,
+    justification: str,
+    actor: Actor,
+    ticket_url: str = "",
+    expires_in_minutes: int | None = None,
+    requested_for: str = "",
+) -> BypassRequest:
+    """Ask for a bypass of a blocked validation. ``requested_for`` is the person or CI actor a
+    token asks on behalf of; they, the token's owner and the actor may not approve it."""
+    justification = (justification or "").strip()
+    if not justification:
+        raise ServiceError(
+            "A justification is required.", fields={"justification": ["This field is required."]}
+        )
+    minutes = DEFAULT_EXPIRY_MINUTES if expires_in_minutes is None else expires_in_minutes
+    if not 1 <= minutes <= MAX_EXPIRY_MINUTES:
+        raise ServiceError(
+            f"A bypass expires after 1 to {MAX_EXPIRY_MINUTES} minutes.",
+            fields={"expiresInMinutes": [f"Between 1 and {MAX_EXPIRY_MINUTES}."]},
+        )
+    validation = (
+        Validation.objects.select_for_update(of=("self",))
+        .select_related("project", "environment")
+        .get(pk=validation.pk)
+    )
+    if validation.status != Validation.Status.BLOCKED:
+        raise InvalidState(
+            f"Only a blocked validation can be bypassed; build {validation.build_id} is {validation.status}."
+        )
+    if validation.bypass_requests.filter(status=BypassRequest.Status.PENDING).exists():
+        raise InvalidState(f"A bypass of build {validation.build_id} is already waiting for approval.")
+    owner = get_user_model().objects.filter(pk=actor.user_id).first() if actor.user_id else None
+    context_actor = (validation.deployment_context or {}).get("actor")
+    names = _names(
+        requested_for,
+        context_actor,
+        owner.get_username() if owner else None,
+        actor.name if actor.kind == "user" else None,
+    )
+    bypass = BypassRequest.objects.create(
+        project=validation.project,
+        environment=validation.environment,
+        validation=validation,
+        build_id=validation.build_id,
+        justification=justification,
+        ticket_url=ticket_url or "",
+        requested_by=actor.label + (f" for {requested_for}" if requested_for else ""),
+        requester_names=names,
+        required_approvals=validation.environment.bypass_approvals,
+        expires_at=timezone.now() + timedelta(minutes=minutes),
+    )
+    audit_record(
+        action="bypass.requested",
+        actor=actor,
+        target=bypass,
+        project=validation.project.slug,
+        environment=validation.environment.name,
+        reason=justification,
+        data={
+            "build_id": validation.build_id,
+            "validation": str(validation.pk),
+            "ticket_url": ticket_url,
+            "expires_at": bypass.expires_at,
+            "required_approvals": bypass.required_approvals,
+            "requester_names": names,
+            "verdict": validation.verdict,
+        },
+    )
+    return bypass
+
+
+def _locked(bypass: BypassRequest) -> BypassRequest:
+    return (
+        BypassRequest.objects.select_for_update(of=("self",))
+        .select_related("project", "environment")
+        .get(pk=bypass.pk)
+    )
+
+
+def _may_decide(bypass: BypassRequest, user) -> None:
+    if user.get_username().lower() in bypass.requester_names:
+        raise NotPermitted(
+            "You asked for this bypass (or it was asked on your behalf): someone else must decide on it."
+        )
+    if not (user.is_active and user.has_perm("gates.approve_bypass", bypass.project)):
+        raise NotPermitted(f"You may not approve bypasses of {bypass.project.slug}.")
+
+
+def _refuse_if_closed(bypass: BypassRequest) -> None:
+    if bypass.status != BypassRequest.Status.PENDING:
+        raise InvalidState(f"This bypass request is {bypass.status}; it can no longer be decided.")
+    if bypass.expires_at <= timezone.now():
+        raise InvalidState(f"This bypass request expired at {bypass.expires_at:%Y-%m-%d %H:%M} UTC.")
+
+
+@transaction.atomic
+def bypass_approve(*, bypass: BypassRequest, approver) -> BypassRequest:
+    """One approval. The request row is locked, so two people approving at the same moment are
+    counted one after the other: never twice, never beyond what is required."""
+    bypass = _locked(bypass)
+    _refuse_if_closed(bypass)
+    _may_decide(bypass, approver)
+    if bypass.approvals.filter(approver=approver).exists():
+        raise InvalidState("You already approved this bypass; it needs another person's approval.")
+    BypassApproval.objects.create(bypass=bypass, approver=approver)
+    approvers = list(bypass.approvals.select_related("approver").values_list("approver__username", flat=True))
+    actor = Actor.for_user(approver)
+    audit_record(
+        action="bypass.approved",
+        actor=actor,
+        target=bypass,
+        project=bypass.project.slug,
+        environment=bypass.environment.name,
+        data={
+            "build_id": bypass.build_id,
+            "approvals": len(approvers),
+            "required": bypass.required_approvals,
+            "approvers": approvers,
+        },
+    )
+    if len(approvers) < bypass.required_approvals:
+        return bypass
+    bypass.status = BypassRequest.Status.APPROVED
+    bypass.decided_at = timezone.now()
+    bypass.decided_by = ", ".join(approvers)
+    bypass.save(update_fields=["status", "decided_at", "decided_by"])
+    _apply(bypass, approvers, actor)
+    return bypass
+
+
+def _apply(bypass: BypassRequest, approvers: list[str], actor: Actor) -> None:
+    """Let the validation through, keeping its verdict."""
+    validation = Validation.objects.select_for_update(of=("self",)).get(pk=bypass.validation_id)
+    if validation.status != Validation.Status.BLOCKED:
+        raise InvalidState(f"Build {validation.build_id} is no longer blocked ({validation.status}).")
+    ticket = f" ({bypass.ticket_url})" if bypass.ticket_url else ""
+    validation.status = Validation.Status.BYPASSED
+    validation.deployment_allowed = True
+    validation.status_reason = (
+        f"Bypassed: approved by {', '.join(approvers)}{ticket}: {bypass.justification} "
+        f"(underlying verdict: {validation.verdict or 'none'}; {validation.status_reason})"
+    )
+    validation.save(update_fields=["status", "deployment_allowed", "status_reason"])
+    audit_record(
+        action="bypass.used",
+        actor=actor,
+        target=validation,
+        project=bypass.project.slug,
+        environment=bypass.environment.name,
+        reason=bypass.justification,
+        data={
+            "bypass": str(bypass.pk),
+            "build_id": validation.build_id,
+            "verdict": validation.verdict,
+            "approvers": approvers,
+            "ticket_url": bypass.ticket_url,
+        },
+    )
+
+
+@transaction.atomic
+def bypass_reject(*, bypass: BypassRequest, user, reason: str = "") -> BypassRequest:
+    """Refuse a bypass: the validation stays blocked."""
+    bypass = _locked(bypass)
+    _refuse_if_closed(bypass)
+    _may_decide(bypass, user)
+    bypass.status = BypassRequest.Status.REJECTED
+    bypass.decided_at = timezone.now()
+    bypass.decided_by = user.get_username()
+    bypass.decision_reason = reason
+    bypass.save(update_fields=["status", "decided_at", "decided_by", "decision_reason"])
+    audit_record(
+        action="bypass.rejected",
+        actor=Actor.for_user(user),
+        target=bypass,
+        project=bypass.project.slug,
+        environment=bypass.environment.name,
+        reason=reason,
+        data={"build_id": bypass.build_id},
+    )
+    return bypass
+
+
+def bypass_expire_due(*, now=None) -> int:
+    """Close the pending requests whose time ran out (scheduled). Returns how many."""
+    now = now or timezone.now()
+    expired = 0
+    for pk in BypassRequest.objects.filter(
+        status=BypassRequest.Status.PENDING, expires_at__lte=now
+    ).values_list("pk", flat=True):
+        with transaction.atomic():
+            bypass = (
+                BypassRequest.objects.select_for_update(of=("self",))
+                .select_related("project", "environment")
+                .get(pk=pk)
+            )
+            if bypass.status != BypassRequest.Status.PENDING:
+                continue
+            bypass.status = BypassRequest.Status.EXPIRED
+            bypass.decided_at = now
+            bypass.save(update_fields=["status", "decided_at"])
+            audit_record(
+                action="bypass.expired",
+                actor=SYSTEM,
+                target=bypass,
+                project=bypass.project.slug,
+                environment=bypass.environment.name,
+                data={"build_id": bypass.build_id, "expires_at": bypass.expires_at},
+            )
+            expired += 1
+    return expired
