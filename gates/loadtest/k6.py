@@ -13,24 +13,21 @@ the target host to the addresses perfgate checked.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from gates.loadtest import process
 
 TREND_STATS = "avg,min,med,max,p(90),p(95),p(99),count"
 # k6 exits 99 when its own thresholds fail; for the gate that is just a finished run.
 K6_THRESHOLDS_FAILED = 99
 STOP_GRACE_SECONDS = 5
-_PR_SET_PDEATHSIG = 1
 
 WRAPPER = """// Written by perfgate: the registered script, with the scenario's load profile.
 import * as registered from './script.js';
@@ -95,15 +92,7 @@ def k6_binary(configured: str = "") -> str:
 
 
 def clean_environment(workdir: Path, target_url: str) -> dict[str, str]:
-    """The only variables k6 sees: nothing of the control plane's environment leaks through."""
-    return {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(workdir),
-        "TMPDIR": str(workdir),
-        "TARGET_URL": target_url,
-        "K6_NO_USAGE_REPORT": "true",
-        "K6_NO_COLOR": "true",
-    }
+    return process.clean_environment(workdir, target_url, K6_NO_USAGE_REPORT="true", K6_NO_COLOR="true")
 
 
 def scenarios(spec: K6Spec) -> dict:
@@ -175,28 +164,6 @@ def build_command(binary: str, main: Path, workdir: Path) -> list[str]:
     ]
 
 
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def die_with_parent() -> None:
-    """In the child before exec: if the worker that started k6 dies (even by kill -9), k6 gets
-    SIGKILL instead of loading a target nobody is watching any more. (Only a system call here:
-    the child of a threaded process must not take locks before exec.)"""
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGINT first (k6 stops the test and still writes its outputs), then kill."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=STOP_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def run_k6(
     spec: K6Spec,
     workdir: Path,
@@ -214,44 +181,24 @@ def run_k6(
     """
     workdir = Path(workdir)
     main = write_scripts(spec, workdir)
-    stderr_path = workdir / "k6.stderr"
-    command = build_command(k6_binary(binary), main, workdir)
-    started = time.monotonic()
-    timed_out = cancelled = False
-    with open(stderr_path, "wb") as stderr:
-        process = subprocess.Popen(
-            command,
-            cwd=workdir,
-            env=clean_environment(workdir, spec.target_url),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            preexec_fn=die_with_parent,
-        )
-        try:
-            while process.poll() is None:
-                elapsed = time.monotonic() - started
-                if elapsed > timeout_seconds:
-                    timed_out = True
-                    _stop(process)
-                    break
-                if should_cancel is not None and should_cancel():
-                    cancelled = True
-                    _stop(process)
-                    break
-                if on_tick is not None:
-                    on_tick(elapsed)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(timeout=tick_seconds)
-        finally:
-            _stop(process)
-    tail = stderr_path.read_bytes()[-4000:].decode("utf-8", "replace")
+    # SIGINT: k6 stops the test and still writes its outputs.
+    run = process.supervise(
+        build_command(k6_binary(binary), main, workdir),
+        workdir,
+        clean_environment(workdir, spec.target_url),
+        stop_signal=signal.SIGINT,
+        grace_seconds=STOP_GRACE_SECONDS,
+        timeout_seconds=timeout_seconds,
+        should_cancel=should_cancel,
+        on_tick=on_tick,
+        tick_seconds=tick_seconds,
+    )
     return K6Outcome(
-        exit_code=process.returncode,
+        exit_code=run.exit_code,
         summary_path=workdir / "summary.json",
         raw_path=workdir / "raw.ndjson",
-        elapsed_seconds=time.monotonic() - started,
-        timed_out=timed_out,
-        cancelled=cancelled,
-        stderr_tail=tail,
+        elapsed_seconds=run.elapsed_seconds,
+        timed_out=run.timed_out,
+        cancelled=run.cancelled,
+        stderr_tail=run.stderr_tail,
     )

@@ -7,17 +7,14 @@ which is where progress comes from.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gates.loadtest.k6 import die_with_parent
+from gates.loadtest import process
 
 STOP_GRACE_SECONDS = 10
 
@@ -48,15 +45,6 @@ class LocustOutcome:
         )
 
 
-def clean_environment(workdir: Path, target_url: str) -> dict[str, str]:
-    return {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(workdir),
-        "TMPDIR": str(workdir),
-        "TARGET_URL": target_url,
-    }
-
-
 def requests_so_far(stats_path: Path) -> int | None:
     """The Aggregated request count Locust last wrote, or None before it wrote one."""
     try:
@@ -67,17 +55,6 @@ def requests_so_far(stats_path: Path) -> int | None:
     except (OSError, ValueError):
         return None
     return None
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)  # Locust stops the users and writes its stats
-    try:
-        process.wait(timeout=STOP_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def run_locust(
@@ -115,39 +92,23 @@ def run_locust(
         "2",
     ]
     stats_path = Path(f"{prefix}_stats.csv")
-    started = time.monotonic()
-    timed_out = cancelled = False
-    stderr_path = workdir / "locust.stderr"
-    with open(stderr_path, "wb") as stderr:
-        process = subprocess.Popen(
-            command,
-            cwd=workdir,
-            env=clean_environment(workdir, spec.target_url),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            preexec_fn=die_with_parent,
-        )
-        try:
-            while process.poll() is None:
-                elapsed = time.monotonic() - started
-                if elapsed > timeout_seconds:
-                    timed_out = True
-                    break
-                if should_cancel is not None and should_cancel():
-                    cancelled = True
-                    break
-                if on_tick is not None:
-                    on_tick(elapsed, requests_so_far(stats_path))
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(timeout=tick_seconds)
-        finally:
-            _stop(process)
+    # SIGTERM: Locust stops its users and still writes its stats.
+    run = process.supervise(
+        command,
+        workdir,
+        process.clean_environment(workdir, spec.target_url),
+        stop_signal=signal.SIGTERM,
+        grace_seconds=STOP_GRACE_SECONDS,
+        timeout_seconds=timeout_seconds,
+        should_cancel=should_cancel,
+        on_tick=(lambda elapsed: on_tick(elapsed, requests_so_far(stats_path))) if on_tick else None,
+        tick_seconds=tick_seconds,
+    )
     return LocustOutcome(
-        exit_code=process.returncode,
+        exit_code=run.exit_code,
         stats_path=stats_path,
-        elapsed_seconds=time.monotonic() - started,
-        timed_out=timed_out,
-        cancelled=cancelled,
-        stderr_tail=stderr_path.read_bytes()[-4000:].decode("utf-8", "replace"),
+        elapsed_seconds=run.elapsed_seconds,
+        timed_out=run.timed_out,
+        cancelled=run.cancelled,
+        stderr_tail=run.stderr_tail,
     )
