@@ -141,6 +141,7 @@ def main() -> None:
         "DATABASE_URL": args.database_url,
         "DEBUG": "false",
         "SECRET_KEY": "bench-" + "x" * 50,
+        "PERFGATE_SECRETS_KEYS": "YmVuY2gtYmVuY2gtYmVuY2gtYmVuY2gtYmVuY2gtMzI=",
         "PERFGATE_API_RATE": "100000000/min",
         "LOG_LEVEL": "WARNING",
     }

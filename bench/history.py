@@ -48,6 +48,7 @@ def main() -> None:
         DJANGO_SETTINGS_MODULE="perfgate_site.settings",
         DEBUG="false",
         SECRET_KEY="bench-" + "x" * 50,
+        PERFGATE_SECRETS_KEYS="YmVuY2gtYmVuY2gtYmVuY2gtYmVuY2gtYmVuY2gtMzI=",
     )
     os.environ.pop("REDIS_URL", None)
     subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=ROOT, check=True)

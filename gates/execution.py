@@ -111,6 +111,8 @@ class _Run:
     def run(self) -> ResultSet:
         if self.scenario is None:
             raise RunFailed("The validation has no scenario to run.")
+        if self.scenario.tool == Scenario.Tool.GITHUB:
+            return self._github_workflow()
         config = self.validation.test_config or {}
         target_url = config.get("targetUrl") or self.scenario.target_url
         if not target_url:
@@ -142,6 +144,31 @@ class _Run:
             return self._k6(
                 target, vus, duration, Path(workdir), [*submetrics, UNREACHABLE_SERIES], percentiles
             )
+
+    def _github_workflow(self) -> ResultSet:
+        """The test runs in the project's performance workflow on GitHub Actions; this worker
+        follows it, holding the lease, and evaluates its results artifact."""
+        from integrations import workflows
+
+        self.estimated_completion = None
+
+        def keep_going(elapsed: float) -> bool:
+            self._tick(elapsed, 0)
+            return not self._should_stop()
+
+        applied = selectors.validation_rules(self.validation)
+        submetrics, percentiles = selectors.parser_needs(applied)
+        with tempfile.TemporaryDirectory(prefix="perfgate-workflow-") as workdir:
+            try:
+                path = workflows.run_workflow(self.validation, Path(workdir), keep_going=keep_going)
+            except workflows.WorkflowFailed as exc:
+                raise RunFailed(str(exc)) from None
+            except workflows.Stopped:
+                raise _Stopped(self.stop_reason or "") from None
+            try:
+                return parse_results(path, name=path.name, submetrics=submetrics, percentiles=percentiles)
+            except ParseError as exc:
+                raise RunFailed(f"The workflow's results could not be read: {exc}") from None
 
     def _k6(
         self, target: Target, vus: int, duration: int, workdir: Path, submetrics, percentiles

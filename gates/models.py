@@ -143,6 +143,7 @@ class Scenario(ConfigSourced):
     class Tool(models.TextChoices):
         K6 = "k6"
         LOCUST = "locust"
+        GITHUB = "github", "GitHub Actions (the project's performance workflow)"
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="scenarios")
     name = models.CharField(max_length=100)

@@ -56,3 +56,26 @@ def summary_line(validation: dict) -> str:
     if validation.get("wouldBlock") and validation.get("deploymentAllowed"):
         line += " (shadow mode: enforcement would have blocked)"
     return line
+
+
+def _markdown_cell(key: str, value) -> str:
+    text = _cell(key, value) if key not in MAX_WIDTH else ("—" if value is None else str(value))
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(checks: list[dict], *, max_bytes: int) -> str:
+    """The check table as GitHub Markdown, at most ``max_bytes`` (rows that do not fit are
+    counted in a last line instead of being cut in half)."""
+    header = "| " + " | ".join(title for _, title in COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
+    rows = [
+        "| " + " | ".join(_markdown_cell(key, check.get(key)) for key, _ in COLUMNS) + " |\n"
+        for check in checks
+    ]
+    table, size = header, len(header.encode())
+    for shown, row in enumerate(rows):
+        rest = f"\n… and {len(rows) - shown} more checks (see perfgate).\n"
+        if size + len(row.encode()) + len(rest.encode()) > max_bytes:
+            return table + rest
+        table += row
+        size += len(row.encode())
+    return table

@@ -1,14 +1,18 @@
-"""API tokens in the admin: made through the service (the token is shown once), revoked by an
-action, never edited."""
+"""Integrations in the admin. API tokens: made through the service (the token is shown once),
+revoked by an action, never edited. GitHub connections: secrets are write-only (never shown
+again, kept when left empty), every edit audited without them. The outbox and webhook
+deliveries: read-only records."""
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.db import transaction
 
-from gates.audit import Actor
+from gates.admin.base import ProjectScopedMixin, ReadOnlyAdminMixin
+from gates.audit import Actor, audit_record
 from gates.errors import ServiceError
 from gates.models import Environment
-from integrations.models import ApiToken
+from integrations.models import ApiToken, GitHubConnection, OutboundCall, WebhookDelivery
 from integrations.services import token_create, token_revoke
 
 
@@ -107,3 +111,127 @@ class ApiTokenAdmin(admin.ModelAdmin):
         for token in queryset.filter(revoked_at__isnull=True):
             token_revoke(token=token, actor=Actor.for_user(request.user), reason="revoked in the admin")
         self.message_user(request, "Revoked.")
+
+
+class GitHubConnectionForm(forms.ModelForm):
+    private_key = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "autocomplete": "off"}),
+        help_text="The App's private key (PEM). Write-only: leave empty to keep the stored one.",
+    )
+    token = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="A fine-grained personal access token. Write-only: leave empty to keep the stored one.",
+    )
+
+    class Meta:
+        model = GitHubConnection
+        fields = (
+            "project",
+            "auth",
+            "app_id",
+            "installation_id",
+            "private_key",
+            "token",
+            "api_url",
+            "report_checks",
+            "report_comments",
+            "performance_workflow",
+            "workflow_ref",
+            "workflow_environment",
+            "artifact_name",
+        )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Never send a stored secret back to the browser.
+        self.initial["private_key"] = ""
+        self.initial["token"] = ""
+
+    def clean(self):
+        data = super().clean()
+        for name in ("private_key", "token"):
+            if not data.get(name) and self.instance.pk:
+                data[name] = getattr(self.instance, name)
+        if data.get("auth") == GitHubConnection.Auth.APP:
+            missing = [f for f in ("app_id", "installation_id", "private_key") if not data.get(f)]
+            if missing:
+                raise ValidationError(f"A GitHub App connection needs: {', '.join(missing)}.")
+            if "PRIVATE KEY" not in data["private_key"]:
+                raise ValidationError({"private_key": "Not a PEM private key."})
+        elif not data.get("token"):
+            raise ValidationError({"token": "A token connection needs a token."})
+        return data
+
+
+SECRET_FIELDS = ("private_key", "token")
+
+
+def _connection_snapshot(connection: GitHubConnection) -> dict:
+    """Every setting of a connection for the audit log; of a secret, only whether it is set."""
+    snapshot = {
+        field.name: getattr(connection, field.attname)
+        for field in GitHubConnection._meta.concrete_fields
+        if field.name not in (*SECRET_FIELDS, "id", "updated_at", "bot_login")
+    }
+    snapshot.update({f"{name}_set": bool(getattr(connection, name)) for name in SECRET_FIELDS})
+    return snapshot
+
+
+@admin.register(GitHubConnection)
+class GitHubConnectionAdmin(ProjectScopedMixin, admin.ModelAdmin):
+    form = GitHubConnectionForm
+    list_display = ("project", "auth", "app_id", "installation_id", "performance_workflow", "bot_login")
+    list_select_related = ("project",)
+    readonly_fields = ("bot_login", "updated_at")
+
+    def save_model(self, request, obj, form, change):
+        before = _connection_snapshot(GitHubConnection.objects.get(pk=obj.pk)) if change else None
+        secrets_changed = [
+            name for name in SECRET_FIELDS if form.cleaned_data.get(name) and name in form.changed_data
+        ]
+        if change and {"auth", "app_id", "installation_id", "api_url", *secrets_changed} & set(
+            form.changed_data
+        ):
+            obj.bot_login = ""  # who perfgate is may have changed
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            audit_record(
+                action=f"config.githubconnection.{'updated' if change else 'created'}",
+                actor=Actor.for_user(request.user),
+                target=obj,
+                project=obj.project.slug,
+                reason="edited in the admin",
+                data={
+                    "before": before,
+                    "after": _connection_snapshot(obj),
+                    "secrets_replaced": secrets_changed,
+                },
+            )
+
+
+@admin.register(OutboundCall)
+class OutboundCallAdmin(ReadOnlyAdminMixin, ProjectScopedMixin, admin.ModelAdmin):
+    list_display = (
+        "id",
+        "project",
+        "kind",
+        "ordering_key",
+        "state",
+        "attempts",
+        "next_attempt_at",
+        "last_error",
+    )
+    list_filter = ("state", "kind", "project")
+    list_select_related = ("project",)
+    search_fields = ("ordering_key",)
+    show_full_result_count = False
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("delivery_id", "provider", "event", "action", "state", "received_at", "result")
+    list_filter = ("provider", "event", "state")
+    search_fields = ("delivery_id",)
+    show_full_result_count = False

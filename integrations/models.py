@@ -1,14 +1,16 @@
-"""Credentials that let the outside world talk to perfgate: API tokens for CI, ops and auditors.
-
-(GitHub and Vercel credentials, the outbox and webhook deliveries arrive with their issues.)
+"""How perfgate and the outside world talk: API tokens for CI, ops and auditors; GitHub
+credentials (encrypted at rest); the outbox of calls to GitHub; received webhook deliveries.
 """
 
 import hashlib
 import secrets
 
 from django.conf import settings
+from django.core.validators import URLValidator
 from django.db import models
 from django.utils import timezone
+
+from integrations.secrets import EncryptedTextField
 
 TOKEN_PREFIX = "pg_"  # noqa: S105 - the visible prefix of every token, not a secret
 
@@ -78,3 +80,166 @@ class ApiToken(models.Model):
     @property
     def can_write(self) -> bool:
         return self.role in (self.Role.CI, self.Role.OPS)
+
+
+class GitHubConnection(models.Model):
+    """How perfgate reaches a project's repository on GitHub: as a GitHub App installation
+    (statuses, check runs, comments, protection-rule reviews) or with a fine-grained token
+    (statuses, comments and workflows only: GitHub lets no personal token create check runs or
+    review protection rules). The private key and the token are encrypted at rest."""
+
+    class Auth(models.TextChoices):
+        APP = "app", "GitHub App"
+        TOKEN = "token", "fine-grained personal access token"
+
+    project = models.OneToOneField("gates.Project", on_delete=models.CASCADE, related_name="github")
+    auth = models.CharField(max_length=5, choices=Auth.choices, default=Auth.APP)
+    app_id = models.CharField(
+        max_length=64, blank=True, help_text="The App's ID or client ID (the JWT's issuer)."
+    )
+    installation_id = models.BigIntegerField(null=True, blank=True)
+    private_key = EncryptedTextField(blank=True, help_text="The App's private key (PEM).")
+    token = EncryptedTextField(blank=True, help_text="A fine-grained personal access token.")
+    api_url = models.CharField(
+        max_length=200,
+        blank=True,
+        validators=[URLValidator(schemes=["https", "http"])],
+        help_text="Empty: the GITHUB_API_URL setting (github.com). GitHub Enterprise: https://HOST/api/v3.",
+    )
+    report_checks = models.BooleanField(default=True, help_text="Create check runs (GitHub App only).")
+    report_comments = models.BooleanField(default=True, help_text="Keep one sticky comment on pull requests.")
+    performance_workflow = models.CharField(
+        max_length=200, blank=True, help_text="File name of the performance workflow, e.g. performance.yml."
+    )
+    workflow_ref = models.CharField(
+        max_length=200, default="main", help_text="Branch the workflow runs from."
+    )
+    workflow_environment = models.CharField(
+        max_length=20,
+        default="staging",
+        help_text="Environment a workflow run perfgate did not start counts for.",
+    )
+    artifact_name = models.CharField(max_length=100, default="perfgate-results")
+    bot_login = models.CharField(
+        max_length=200,
+        blank=True,
+        editable=False,
+        help_text="Who GitHub says perfgate is (found on first use).",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "GitHub connection"
+
+    def __str__(self):
+        return f"{self.project.slug} on GitHub ({self.get_auth_display()})"
+
+    @property
+    def is_app(self) -> bool:
+        return self.auth == self.Auth.APP
+
+    @property
+    def base_url(self) -> str:
+        return (self.api_url or settings.GITHUB_API_URL).rstrip("/")
+
+
+class OutboundCall(models.Model):
+    """The outbox: one call to a third party, recorded in the transaction that decided it and
+    delivered afterwards by a task. Calls with the same ``ordering_key`` (a commit and a status
+    context) are delivered one after another in the order they were recorded; a call that fails
+    for a while holds back the later ones of its key, never those of other keys."""
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        SENDING = "sending"
+        DELIVERED = "delivered"
+        FAILED = "failed", "failed (given up)"
+
+    project = models.ForeignKey("gates.Project", on_delete=models.CASCADE, related_name="outbound_calls")
+    validation = models.ForeignKey(
+        "gates.Validation", on_delete=models.CASCADE, null=True, blank=True, related_name="outbound_calls"
+    )
+    provider = models.CharField(max_length=20, default="github")
+    kind = models.CharField(max_length=30)
+    ordering_key = models.CharField(max_length=300)
+    payload = models.JSONField(default=dict)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    progress = models.JSONField(
+        default=dict, blank=True, help_text="What a multi-request call has sent so far."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["state", "next_attempt_at"], name="outbox_due"),
+            models.Index(fields=["ordering_key", "id"], name="outbox_order"),
+        ]
+
+    def __str__(self):
+        return f"{self.kind} #{self.pk} ({self.state})"
+
+
+class GitHubObject(models.Model):
+    """Something perfgate made on GitHub and edits later: a validation's check run, the sticky
+    comment of a pull request."""
+
+    key = models.CharField(max_length=300, unique=True)
+    github_id = models.BigIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return f"{self.key} → {self.github_id}"
+
+
+class WebhookDelivery(models.Model):
+    """A received, signature-checked webhook: stored once per delivery id (GitHub redelivers
+    with the same one) and processed by a task."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued"
+        PROCESSED = "processed"
+        IGNORED = "ignored"
+        FAILED = "failed"
+
+    provider = models.CharField(max_length=20)
+    delivery_id = models.CharField(max_length=100)
+    event = models.CharField(max_length=100)
+    action = models.CharField(max_length=100, blank=True)
+    payload = models.JSONField()
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED)
+    result = models.TextField(blank=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "webhook deliveries"
+        ordering = ["-received_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "delivery_id"], name="webhook_delivery_once"),
+        ]
+
+    def __str__(self):
+        return f"{self.provider} {self.event}.{self.action} {self.delivery_id}"
+
+
+class DeploymentReview(models.Model):
+    """A GitHub deployment waiting on perfgate (a custom deployment protection rule): answered
+    through its callback URL once the validation has an outcome."""
+
+    validation = models.ForeignKey(
+        "gates.Validation", on_delete=models.CASCADE, related_name="deployment_reviews"
+    )
+    callback_url = models.URLField(max_length=500)
+    environment_name = models.CharField(max_length=255)
+    deployment_id = models.BigIntegerField(null=True, blank=True)
+    answered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return f"deployment {self.deployment_id} → {self.environment_name}"

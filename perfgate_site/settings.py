@@ -4,6 +4,8 @@ Development defaults are safe; production values that would be unsafe fail loudl
 Every variable is listed, with one comment each, in ``.env.example``.
 """
 
+import base64
+import hashlib
 from pathlib import Path
 
 import environ
@@ -210,6 +212,52 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "perfgate_site.api.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
+
+# Third-party secrets (GitHub App keys and tokens) are encrypted at rest with these Fernet keys,
+# newest first: the first encrypts, every one decrypts, so a key is rotated by putting a new one
+# in front and running `manage.py rotate_secrets`, then dropping the old one. Required when DEBUG
+# is off; in development a key is derived from SECRET_KEY.
+PERFGATE_SECRETS_KEYS = env.list("PERFGATE_SECRETS_KEYS", default=[])
+if not PERFGATE_SECRETS_KEYS:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "PERFGATE_SECRETS_KEYS is required when DEBUG is off: the key list that encrypts stored "
+            "GitHub credentials. Make a key with: python -c 'from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())'"
+        )
+    PERFGATE_SECRETS_KEYS = [
+        base64.urlsafe_b64encode(hashlib.sha256(b"perfgate-secrets:" + SECRET_KEY.encode()).digest()).decode()
+    ]
+for _position, _key in enumerate(PERFGATE_SECRETS_KEYS, start=1):
+    try:
+        if len(base64.urlsafe_b64decode(_key.encode())) != 32:
+            raise ValueError
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"PERFGATE_SECRETS_KEYS: key {_position} is not a Fernet key (32 bytes in url-safe base64)."
+        ) from None
+
+# GitHub: the REST API's base URL (GitHub Enterprise Server: https://HOST/api/v3), the GitHub
+# App's webhook secret, and how long one call may take.
+GITHUB_API_URL = env.str("GITHUB_API_URL", default="https://api.github.com").rstrip("/")
+GITHUB_WEBHOOK_SECRET = env.str("GITHUB_WEBHOOK_SECRET", default="")
+GITHUB_TIMEOUT_SECONDS = env.float("GITHUB_TIMEOUT_SECONDS", default=10.0)
+# GitHub sends webhook payloads of at most 25 MB.
+PERFGATE_WEBHOOK_MAX_BYTES = env.int("PERFGATE_WEBHOOK_MAX_BYTES", default=25 * 2**20)
+# A workflow artifact with results: the largest zip perfgate downloads, and the most its files
+# may unpack to.
+PERFGATE_ARTIFACT_MAX_BYTES = env.int("PERFGATE_ARTIFACT_MAX_BYTES", default=256 * 2**20)
+PERFGATE_ARTIFACT_MAX_UNPACKED_BYTES = env.int("PERFGATE_ARTIFACT_MAX_UNPACKED_BYTES", default=2**30)
+# The outbox: an undelivered call is retried with backoff (at most this many seconds apart,
+# longer when GitHub says so) and given up after this many hours.
+PERFGATE_OUTBOX_MAX_BACKOFF_SECONDS = env.int("PERFGATE_OUTBOX_MAX_BACKOFF_SECONDS", default=300)
+PERFGATE_OUTBOX_GIVE_UP_HOURS = env.float("PERFGATE_OUTBOX_GIVE_UP_HOURS", default=24.0)
+# Minutes a dispatched performance workflow may take before its validation ends as an error.
+PERFGATE_WORKFLOW_TIMEOUT_MINUTES = env.int("PERFGATE_WORKFLOW_TIMEOUT_MINUTES", default=60)
+# Seconds between two looks at a running workflow.
+PERFGATE_WORKFLOW_POLL_SECONDS = env.float("PERFGATE_WORKFLOW_POLL_SECONDS", default=5.0)
+# Minutes between scheduled outbox deliveries (retries; new calls are sent at once).
+PERFGATE_OUTBOX_MINUTES = env.int("PERFGATE_OUTBOX_MINUTES", default=1)
 
 # Seconds a process trusts a token it verified before asking the database again; a revoked token
 # stops working in every process within this time (at once in the one that revoked it).

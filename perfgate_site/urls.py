@@ -14,6 +14,7 @@ admin.site.index_title = "Performance gates"
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/ci-cd/performance/", include("gates.urls")),
+    path("api/ci-cd/webhooks/", include("integrations.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("charts/validations/<uuid:pk>.svg", validation_chart, name="validation-chart"),

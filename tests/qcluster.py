@@ -37,6 +37,8 @@ def worker_environment(**overrides: str) -> dict[str, str]:
         "DEBUG": "false",
         # Tasks are signed with SECRET_KEY: the workers must share the test process's.
         "SECRET_KEY": settings.SECRET_KEY,
+        # ... and its key list for stored secrets.
+        "PERFGATE_SECRETS_KEYS": ",".join(settings.PERFGATE_SECRETS_KEYS),
         "Q_CLUSTER_NAME": settings.Q_CLUSTER["name"],
         "Q_WORKERS": "1",
         "PERFGATE_LEASE_SECONDS": "4",

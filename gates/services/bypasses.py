@@ -19,6 +19,7 @@ from django.utils import timezone
 from gates.audit import SYSTEM, Actor, audit_record
 from gates.errors import InvalidState, NotPermitted, ServiceError
 from gates.models import BypassApproval, BypassRequest, Validation
+from gates.services.validations import announce
 
 DEFAULT_EXPIRY_MINUTES = 4 * 60
 MAX_EXPIRY_MINUTES = 24 * 60
@@ -189,6 +190,7 @@ def _apply(bypass: BypassRequest, approvers: list[str], actor: Actor) -> None:
             "ticket_url": bypass.ticket_url,
         },
     )
+    announce(validation)
 
 
 @transaction.atomic

@@ -15,7 +15,7 @@ from django.utils import timezone
 from gates.audit import SYSTEM, Actor, audit_record
 from gates.errors import InvalidState, ServiceError
 from gates.models import Validation
-from gates.services.validations import validation_record_error
+from gates.services.validations import announce, validation_record_error
 
 
 def worker_actor(worker: str) -> Actor:
@@ -45,6 +45,7 @@ def validation_claim(*, validation_id, worker: str, lease_seconds: float) -> Val
         environment=validation.environment.name,
         data={"build_id": validation.build_id, "worker": worker, "lease_seconds": lease_seconds},
     )
+    announce(validation)
     return validation
 
 

@@ -28,6 +28,7 @@ from gates.results import parse_results
 from gates.results.base import ParseError, ResultSet
 from gates.targets import TargetRefused, resolve_target
 from gates.units import parse_duration
+from integrations.github import github_report
 
 
 def validation_create(
@@ -99,9 +100,16 @@ def validation_create(
                     "deployment_context": deployment_context or {},
                 },
             )
+            announce(validation)
     except IntegrityError:
         return Validation.objects.of_build(project, environment, build_id), False
     return validation, True
+
+
+def announce(validation: Validation) -> None:
+    """Record, in this transaction, what GitHub must hear about the validation's new status
+    (commit status, check run, PR comment, deployment reviews); the outbox delivers it."""
+    github_report(validation)
 
 
 def _record_run(*, validation: Validation, results: ResultSet, source: str) -> Run:
@@ -265,6 +273,7 @@ def validation_evaluate(
     )
     if environment.auto_baseline and _promotes_automatically(outcomes, status):
         baseline_promote(validation=validation, actor=SYSTEM, reason="automatic: every check passed")
+    announce(validation)
     return validation
 
 
@@ -368,6 +377,7 @@ def validation_record_error(
             "policy": {"mode": environment.mode, "fail_closed": environment.fail_closed},
         },
     )
+    announce(validation)
     return validation
 
 
@@ -415,6 +425,7 @@ def validation_block(*, validation: Validation, reason: str, actor: Actor) -> Va
         reason=reason,
         data={"build_id": validation.build_id, "previous_status": previous, "verdict": validation.verdict},
     )
+    announce(validation)
     return validation
 
 
@@ -574,6 +585,7 @@ def _validation_refused(*, reason: str, actor: Actor, **fields) -> tuple[Validat
         reason=reason,
         data={"build_id": validation.build_id, "git_hash": validation.git_hash},
     )
+    announce(validation)
     return validation, created
 
 

@@ -1,0 +1,145 @@
+"""The one outbound HTTP path (on ``requests``): timeouts always, redirects never followed
+blindly, and every failure sorted into "try again later" (with how much later the other side
+asked for) or "this will never work".
+
+Retrying is the outbox's job (``integrations.outbox``): a call that must not be lost is recorded
+first and delivered by a task, with backoff between attempts.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import time
+from dataclasses import dataclass
+
+import requests
+
+USER_AGENT = "perfgate (+https://github.com/perfgate)"
+_session = requests.Session()
+
+
+class CallFailed(Exception):
+    """A call that did not succeed. ``retry_after``: seconds the other side asked us to wait."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class TryLater(CallFailed):
+    """Down, overloaded, rate limited or too slow: the same call may work later."""
+
+
+class Refused(CallFailed):
+    """The other side refused the call itself (4xx): sending it again will not help."""
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict
+    body: bytes
+
+    def json(self):
+        return json.loads(self.body) if self.body else None
+
+
+def wait_asked_for(headers, now: float | None = None) -> float | None:
+    """Seconds to wait, from ``Retry-After`` (seconds or an HTTP date) or GitHub's rate-limit
+    headers (``x-ratelimit-remaining: 0`` with ``x-ratelimit-reset``, epoch seconds)."""
+    now = time.time() if now is None else now
+    value = headers.get("Retry-After")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            parsed = email.utils.parsedate_to_datetime(value) if value else None
+            if parsed is not None:
+                return max(0.0, parsed.timestamp() - now)
+    if headers.get("x-ratelimit-remaining") == "0" and headers.get("x-ratelimit-reset"):
+        try:
+            return max(0.0, float(headers["x-ratelimit-reset"]) - now)
+        except ValueError:
+            return None
+    return None
+
+
+def _message(raw: bytes) -> str:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return raw[:300].decode("utf-8", "replace")
+    if isinstance(body, dict):
+        text = str(body.get("message", ""))
+        if body.get("errors"):
+            text += f" {body['errors']}"
+        return text[:500]
+    return str(body)[:300]
+
+
+def call(
+    method: str,
+    url: str,
+    *,
+    timeout: float,
+    headers: dict | None = None,
+    json=None,
+    max_bytes: int = 10 * 2**20,
+) -> Reply:
+    """One request. Redirects are returned, not followed (the caller decides whether a
+    credential may go along). Raises ``TryLater`` or ``Refused``; never leaks the request's
+    headers into its messages."""
+    all_headers = {"User-Agent": USER_AGENT, **(headers or {})}
+    try:
+        response = _session.request(
+            method, url, headers=all_headers, json=json, timeout=timeout, allow_redirects=False, stream=True
+        )
+    except requests.Timeout:
+        raise TryLater(f"{method} {url}: no answer within {timeout:g} s") from None
+    except requests.RequestException as exc:
+        raise TryLater(f"{method} {url}: {type(exc).__name__}") from None
+    chunks: list[bytes] = []
+    with response:
+        _copy_limited(response, chunks.append, max_bytes, f"{method} {url}")
+    body = b"".join(chunks)
+    status = response.status_code
+    if status < 400:
+        return Reply(status, response.headers, body)
+    wait = wait_asked_for(response.headers)
+    text = f"{method} {url}: HTTP {status} {_message(body) if body else ''}".strip()
+    rate_limited = status == 429 or (status == 403 and wait is not None)
+    if status >= 500 or status == 408 or rate_limited:
+        raise TryLater(text, status=status, retry_after=wait)
+    raise Refused(text, status=status)
+
+
+def _copy_limited(response: requests.Response, write, max_bytes: int, what: str) -> int:
+    """Stream the body to ``write``, refusing more than ``max_bytes``; returns the size."""
+    size = 0
+    try:
+        for chunk in response.iter_content(256 * 1024):
+            size += len(chunk)
+            if size > max_bytes:
+                raise Refused(f"{what}: the answer is larger than {max_bytes} bytes")
+            write(chunk)
+    except requests.RequestException as exc:
+        raise TryLater(f"{what}: the answer broke off ({type(exc).__name__})") from None
+    return size
+
+
+def download(url: str, destination, *, timeout: float, max_bytes: int) -> int:
+    """Fetch a file (e.g. from blob storage a GitHub redirect points at) into ``destination``,
+    an open binary file, with no credentials at all; at most ``max_bytes``. Returns its size."""
+    try:
+        response = _session.get(
+            url, headers={"User-Agent": USER_AGENT}, timeout=timeout, stream=True, allow_redirects=True
+        )
+    except requests.RequestException as exc:
+        raise TryLater(f"download: {type(exc).__name__}") from None
+    with response:
+        if response.status_code >= 400:
+            error = TryLater if response.status_code >= 500 else Refused
+            raise error(f"download: HTTP {response.status_code}", status=response.status_code)
+        return _copy_limited(response, destination.write, max_bytes, "download")

@@ -1,0 +1,162 @@
+"""Delivering the outbox: recorded calls go out in order per ordering key, each at most once at a
+time, retried with backoff that honours ``Retry-After`` and rate-limit resets.
+
+A call is claimed with a conditional update (``PENDING`` → ``SENDING``), so two delivery tasks
+never send the same call; a claim that outlives its worker (``claimed_until``) is taken back.
+Only the oldest undelivered call of a key is eligible, so an outage holds a key's later calls
+back until the earlier one went through: statuses arrive in the order they were decided.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Min, Q
+from django.utils import timezone
+
+from integrations import http
+from integrations.models import OutboundCall
+
+logger = logging.getLogger(__name__)
+CLAIM_SECONDS = 120
+
+
+@dataclass
+class Delivered:
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+
+
+def backoff_seconds(attempts: int) -> float:
+    return min(settings.PERFGATE_OUTBOX_MAX_BACKOFF_SECONDS, 2 ** max(0, attempts - 1))
+
+
+def _heads(now) -> tuple[list[int], object]:
+    """Ids of the oldest undelivered call of every key that is due now, and when the next of
+    those oldest calls falls due (None: nothing waits)."""
+    open_calls = OutboundCall.objects.filter(
+        state__in=[OutboundCall.State.PENDING, OutboundCall.State.SENDING]
+    )
+    heads = list(open_calls.values("ordering_key").annotate(first=Min("id")).values_list("first", flat=True))
+    due = Q(state=OutboundCall.State.PENDING, next_attempt_at__lte=now) | Q(
+        state=OutboundCall.State.SENDING, claimed_until__lt=now
+    )
+    ready = list(
+        OutboundCall.objects.filter(due, id__in=heads).order_by("id").values_list("id", flat=True)[:200]
+    )
+    upcoming = (
+        OutboundCall.objects.filter(id__in=heads, state=OutboundCall.State.PENDING, next_attempt_at__gt=now)
+        .order_by("next_attempt_at")
+        .values_list("next_attempt_at", flat=True)
+        .first()
+    )
+    return ready, upcoming
+
+
+def _claim(call_id: int, now) -> OutboundCall | None:
+    claimed = (
+        OutboundCall.objects.filter(pk=call_id)
+        .filter(
+            Q(state=OutboundCall.State.PENDING, next_attempt_at__lte=now)
+            | Q(state=OutboundCall.State.SENDING, claimed_until__lt=now)
+        )
+        .update(state=OutboundCall.State.SENDING, claimed_until=now + timedelta(seconds=CLAIM_SECONDS))
+    )
+    return OutboundCall.objects.get(pk=call_id) if claimed else None
+
+
+def _deliverer(provider: str):
+    if provider == "github":
+        from integrations.github import deliver
+
+        return deliver
+    raise http.Refused(f"No deliverer for provider {provider!r}.")
+
+
+def deliver_one(call: OutboundCall) -> str:
+    """Send one claimed call and record what happened: "sent", "retrying" or "failed"."""
+    now = timezone.now()
+    try:
+        _deliverer(call.provider)(call)
+    except http.TryLater as exc:
+        attempts = call.attempts + 1
+        give_up_at = call.created_at + timedelta(hours=settings.PERFGATE_OUTBOX_GIVE_UP_HOURS)
+        wait = max(exc.retry_after or 0.0, backoff_seconds(attempts))
+        next_attempt = now + timedelta(seconds=wait)
+        if next_attempt > give_up_at:
+            _finish(call, OutboundCall.State.FAILED, attempts, f"Given up: {exc}")
+            return "failed"
+        OutboundCall.objects.filter(pk=call.pk).update(
+            state=OutboundCall.State.PENDING,
+            attempts=attempts,
+            next_attempt_at=next_attempt,
+            claimed_until=None,
+            last_error=str(exc)[:2000],
+        )
+        if exc.retry_after:
+            # GitHub asked this connection to wait: every call of the project waits with it.
+            OutboundCall.objects.filter(
+                project_id=call.project_id, state=OutboundCall.State.PENDING, next_attempt_at__lt=next_attempt
+            ).update(next_attempt_at=next_attempt)
+        logger.info("outbox: %s #%s will be retried in %.0f s: %s", call.kind, call.pk, wait, exc)
+        return "retrying"
+    except http.Refused as exc:
+        logger.warning("outbox: %s #%s refused, not retried: %s", call.kind, call.pk, exc)
+        _finish(call, OutboundCall.State.FAILED, call.attempts + 1, str(exc))
+        return "failed"
+    _finish(call, OutboundCall.State.DELIVERED, call.attempts + 1, "")
+    return "sent"
+
+
+def _finish(call: OutboundCall, state: str, attempts: int, error: str) -> None:
+    OutboundCall.objects.filter(pk=call.pk).update(
+        state=state,
+        attempts=attempts,
+        claimed_until=None,
+        last_error=error[:2000],
+        delivered_at=timezone.now() if state == OutboundCall.State.DELIVERED else None,
+    )
+
+
+def deliver_due(*, wait_seconds: float = 0.0) -> Delivered:
+    """Deliver every due call, key by key in order. With ``wait_seconds``, keep going while a
+    retry falls due within that time (a task that sees a short ``Retry-After`` through)."""
+    report = Delivered()
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        now = timezone.now()
+        finished = 0
+        ready, upcoming = _heads(now)
+        for call_id in ready:
+            with transaction.atomic():
+                call = _claim(call_id, now)
+            if call is None:
+                continue
+            outcome = deliver_one(call)
+            finished += outcome != "retrying"
+            report.sent += outcome == "sent"
+            report.retrying += outcome == "retrying"
+            report.failed += outcome == "failed"
+        if finished:
+            continue  # the next call of those keys may go now; a retry waits for its time
+        if ready:
+            continue  # some were claimed elsewhere or failed for now: look again
+        if upcoming is None:
+            return report
+        pause = (upcoming - timezone.now()).total_seconds()
+        if time.monotonic() + pause > deadline:
+            return report
+        time.sleep(max(0.05, pause))
+
+
+def queue_delivery() -> None:
+    """After commit: a task delivers what was just recorded (the schedule catches the rest)."""
+    from django_q.tasks import async_task
+
+    async_task("integrations.tasks.outbox_deliver", task_name="deliver outbox", group="outbox")

@@ -1,0 +1,299 @@
+"""GitHub webhooks: verified, stored once per delivery, answered at once, processed by a task.
+
+``POST /api/ci-cd/webhooks/github`` checks ``X-Hub-Signature-256`` (HMAC-SHA256 of the raw body
+with ``GITHUB_WEBHOOK_SECRET``, compared in constant time) before anything is stored. A delivery
+id seen before is acknowledged and not processed again (GitHub redelivers with the same id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import exceptions, serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from gates.api import errors
+from gates.audit import Actor
+from gates.errors import ServiceError
+from gates.models import Environment, Project, Validation
+from integrations import workflows
+from integrations.models import DeploymentReview, GitHubConnection, OutboundCall, WebhookDelivery
+from perfgate_site.limits import PayloadTooLarge
+
+logger = logging.getLogger(__name__)
+HANDLED = {"deployment_protection_rule", "workflow_run", "check_run", "ping"}
+
+
+def signature_valid(secret: str, body: bytes, header: str | None) -> bool:
+    """GitHub's ``X-Hub-Signature-256``: ``sha256=`` and the hex HMAC of the raw body."""
+    if not secret or not header or not header.startswith("sha256="):
+        return False
+    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected.encode(), header.encode())
+
+
+class GitHubWebhookView(APIView):
+    """Receives GitHub's webhooks (no token: the signature is the authentication)."""
+
+    authentication_classes = []
+    permission_classes = []
+    throttle_classes = []
+
+    def get_authenticate_header(self, request):
+        # Makes DRF answer a bad signature 401, as for a bad token, not 403.
+        return 'HMAC-SHA256 realm="github-webhooks", header="X-Hub-Signature-256"'
+
+    @extend_schema(
+        operation_id="github_webhook",
+        summary="GitHub webhook (signed with X-Hub-Signature-256)",
+        request={"application/json": {"type": "object", "additionalProperties": True}},
+        responses={
+            202: OpenApiResponse(
+                inline_serializer(
+                    "WebhookAccepted",
+                    {"delivery": serializers.CharField(), "status": serializers.CharField()},
+                ),
+                description="Stored and queued (or acknowledged: a duplicate, or an event perfgate ignores).",
+            ),
+            **errors(400, 401, 413),
+        },
+    )
+    def post(self, request):
+        secret = settings.GITHUB_WEBHOOK_SECRET
+        if not secret:
+            raise exceptions.AuthenticationFailed(
+                "GitHub webhooks are not configured (GITHUB_WEBHOOK_SECRET)."
+            )
+        body = _raw_body(request)
+        if not signature_valid(secret, body, request.headers.get("X-Hub-Signature-256")):
+            raise exceptions.AuthenticationFailed("Missing or invalid X-Hub-Signature-256.")
+        event = request.headers.get("X-GitHub-Event", "")
+        delivery_id = request.headers.get("X-GitHub-Delivery", "")
+        if not event or not delivery_id or len(delivery_id) > 100:
+            raise exceptions.ValidationError(
+                {"headers": ["X-GitHub-Event and X-GitHub-Delivery (at most 100 characters) are required."]}
+            )
+        try:
+            payload = json.loads(body)
+        except (UnicodeDecodeError, ValueError):
+            raise exceptions.ParseError("The webhook body is not JSON.") from None
+        if not isinstance(payload, dict):
+            raise exceptions.ParseError("The webhook body is not a JSON object.")
+        state = webhook_receive(event=event, delivery_id=delivery_id, payload=payload)
+        return Response({"delivery": delivery_id, "status": state}, status=status.HTTP_202_ACCEPTED)
+
+
+def _raw_body(request) -> bytes:
+    limit = settings.PERFGATE_WEBHOOK_MAX_BYTES
+    length = request.META.get("CONTENT_LENGTH") or "0"
+    if not length.isdigit() or int(length) > limit:
+        raise PayloadTooLarge(f"A webhook body may be at most {limit} bytes.")
+    return request._request.read(int(length)) if int(length) else b""
+
+
+def webhook_receive(*, event: str, delivery_id: str, payload: dict) -> str:
+    """Store a verified delivery once and queue its processing: "queued", "ignored" or
+    "duplicate". Events perfgate does not handle are stored (for dedupe and the record) only."""
+    handled = event in HANDLED and (event != "ping")
+    state = WebhookDelivery.State.QUEUED if handled else WebhookDelivery.State.IGNORED
+    try:
+        with transaction.atomic():
+            delivery = WebhookDelivery.objects.create(
+                provider="github",
+                delivery_id=delivery_id,
+                event=event,
+                action=str(payload.get("action", ""))[:100],
+                payload=payload,
+                state=state,
+                result="" if handled else ("pong" if event == "ping" else "event not used by perfgate"),
+                processed_at=None if handled else timezone.now(),
+            )
+            if handled:
+                transaction.on_commit(lambda: _queue(delivery.pk))
+    except IntegrityError:
+        return "duplicate"
+    return "queued" if handled else "ignored"
+
+
+def _queue(delivery_pk: int) -> None:
+    from django_q.tasks import async_task
+
+    async_task(
+        "integrations.tasks.webhook_process",
+        delivery_pk,
+        task_name=f"webhook {delivery_pk}",
+        group="webhooks",
+    )
+
+
+# --- Processing ---------------------------------------------------------------------------------
+
+
+def webhook_process(delivery_pk: int) -> str:
+    """Act on one stored delivery (claimed, so a task run twice does nothing the second time)."""
+    claimed = WebhookDelivery.objects.filter(pk=delivery_pk, state=WebhookDelivery.State.QUEUED).update(
+        state=WebhookDelivery.State.PROCESSED, processed_at=timezone.now()
+    )
+    if not claimed:
+        return "already processed"
+    delivery = WebhookDelivery.objects.get(pk=delivery_pk)
+    handler = {
+        "deployment_protection_rule": _deployment_protection_rule,
+        "workflow_run": _workflow_run,
+        "check_run": _check_run,
+    }[delivery.event]
+    try:
+        result = handler(delivery.payload, delivery)
+    except Exception as exc:
+        logger.exception("webhook %s (%s) failed", delivery.delivery_id, delivery.event)
+        WebhookDelivery.objects.filter(pk=delivery_pk).update(
+            state=WebhookDelivery.State.FAILED, result=f"{type(exc).__name__}: {exc}"[:2000]
+        )
+        raise
+    WebhookDelivery.objects.filter(pk=delivery_pk).update(result=result[:2000])
+    return result
+
+
+def _project_of(payload: dict) -> Project | None:
+    repository = (payload.get("repository") or {}).get("full_name") or ""
+    if not repository:
+        return None
+    return Project.objects.filter(repository__iexact=repository).select_related("github").first()
+
+
+def _actor(payload: dict) -> Actor:
+    return Actor("github", (payload.get("sender") or {}).get("login") or "github")
+
+
+def _environment(project: Project, *names: str) -> Environment | None:
+    for name in names:
+        if name:
+            found = project.environments.filter(name__iexact=name).first()
+            if found is not None:
+                return found
+    return None
+
+
+def _deployment_protection_rule(payload: dict, delivery: WebhookDelivery) -> str:
+    if payload.get("action") != "requested":
+        return f"ignored action {payload.get('action')!r}"
+    project = _project_of(payload)
+    if project is None:
+        return "no perfgate project for this repository"
+    deployment = payload.get("deployment") or {}
+    github_environment = str(payload.get("environment") or deployment.get("environment") or "")
+    callback_url = payload.get("deployment_callback_url") or ""
+    environment = _environment(project, github_environment, deployment.get("environment", ""))
+    pull_requests = [pr.get("number") for pr in payload.get("pull_requests") or [] if pr.get("number")]
+    with transaction.atomic():
+        if environment is None:
+            return _reject_at_once(project, callback_url, github_environment, deployment)
+        validation = (
+            Validation.objects.filter(
+                project=project, environment=environment, git_hash=deployment.get("sha", "")
+            )
+            .order_by("-created_at")
+            .first()
+        )
+        if validation is None:
+            from gates.services import validation_request
+
+            try:
+                validation, _ = validation_request(
+                    project=project,
+                    environment=environment,
+                    build_id=f"deployment-{deployment.get('id')}",
+                    git_hash=str(deployment.get("sha", "")),
+                    actor=_actor(payload),
+                    deployment_context={
+                        "provider": "github",
+                        "repository": project.repository,
+                        "ref": deployment.get("ref") or "",
+                        "pullRequest": pull_requests[0] if pull_requests else None,
+                        "deploymentId": deployment.get("id"),
+                        "actor": (payload.get("sender") or {}).get("login"),
+                    },
+                )
+            except ServiceError as exc:
+                return _reject_at_once(project, callback_url, github_environment, deployment, reason=str(exc))
+        review = DeploymentReview.objects.create(
+            validation=validation,
+            callback_url=callback_url,
+            environment_name=github_environment,
+            deployment_id=deployment.get("id"),
+        )
+        if not validation.is_pending:
+            from integrations.github import record_review
+
+            record_review(review, validation)
+    return f"deployment {deployment.get('id')} waits on validation {validation.pk} ({validation.status})"
+
+
+def _reject_at_once(project, callback_url, environment_name, deployment, *, reason: str = "") -> str:
+    from integrations.outbox import queue_delivery
+
+    reason = reason or f"perfgate has no environment {environment_name!r} for project {project.slug}"
+    OutboundCall.objects.create(
+        project=project,
+        kind="deployment_review",
+        ordering_key=f"deployment:{deployment.get('id')}",
+        payload={
+            "review_id": None,
+            "callback_url": callback_url,
+            "body": {"environment_name": environment_name, "state": "rejected", "comment": reason[:1000]},
+        },
+    )
+    transaction.on_commit(queue_delivery)
+    return f"rejected: {reason}"
+
+
+def _workflow_run(payload: dict, delivery: WebhookDelivery) -> str:
+    run = payload.get("workflow_run") or {}
+    if payload.get("action") != "completed":
+        return f"ignored action {payload.get('action')!r}"
+    project = _project_of(payload)
+    connection = getattr(project, "github", None) if project else None
+    if connection is None or not connection.performance_workflow:
+        return "the project does not use a performance workflow"
+    if not str(run.get("path", "")).endswith("/" + connection.performance_workflow):
+        return f"not the performance workflow ({run.get('path')})"
+    return workflows.workflow_run_completed(connection=connection, run=run, actor=_actor(payload))
+
+
+def _check_run(payload: dict, delivery: WebhookDelivery) -> str:
+    if payload.get("action") != "rerequested":
+        return f"ignored action {payload.get('action')!r}"
+    project = _project_of(payload)
+    if project is None:
+        return "no perfgate project for this repository"
+    external_id = (payload.get("check_run") or {}).get("external_id") or ""
+    original = (
+        Validation.objects.filter(project=project, pk=external_id).first() if _uuid(external_id) else None
+    )
+    if original is None:
+        return "the check run is not one of perfgate's"
+    return workflows.validation_rerun(
+        original=original, actor=_actor(payload), delivery_id=delivery.delivery_id
+    )
+
+
+def _uuid(text: str) -> bool:
+    import uuid
+
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def connection_for(project: Project) -> GitHubConnection | None:
+    return GitHubConnection.objects.filter(project=project).first()
