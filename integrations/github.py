@@ -18,9 +18,11 @@ from urllib.parse import urlsplit
 import jwt
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from gates.models import Validation
 from gates.report import markdown_table
+from gates.selectors import validation_document
 from integrations import http
 from integrations.models import DeploymentReview, GitHubConnection, GitHubObject, OutboundCall
 from integrations.outbox import queue_delivery
@@ -90,8 +92,6 @@ def status_description(validation: Validation) -> str:
 
 
 def _links(validation: Validation) -> tuple[str, str]:
-    from gates.selectors import validation_document
-
     links = validation_document(validation)["links"]
     return absolute(links["admin"]), absolute(links["chart"])
 
@@ -475,15 +475,9 @@ def deliver(call: OutboundCall) -> None:
     elif call.kind == "deployment_review":
         client.request("POST", payload["callback_url"], json=payload["body"])
         if payload.get("review_id"):
-            DeploymentReview.objects.filter(pk=payload["review_id"]).update(answered_at=_now())
+            DeploymentReview.objects.filter(pk=payload["review_id"]).update(answered_at=timezone.now())
     else:
         raise http.Refused(f"Unknown outbound call kind {call.kind!r}.")
-
-
-def _now():
-    from django.utils import timezone
-
-    return timezone.now()
 
 
 def _deliver_check_run(client: GitHubClient, call: OutboundCall) -> None:

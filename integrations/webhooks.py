@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import logging
+import uuid
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -24,12 +25,16 @@ from gates.api import errors
 from gates.audit import Actor
 from gates.errors import ServiceError
 from gates.models import Environment, Project, Validation
+from gates.services import validation_request
 from integrations import workflows
-from integrations.models import DeploymentReview, GitHubConnection, OutboundCall, WebhookDelivery
+from integrations.github import record_review
+from integrations.models import DeploymentReview, OutboundCall, WebhookDelivery
+from integrations.outbox import queue_delivery
 from perfgate_site.limits import PayloadTooLarge
 
 logger = logging.getLogger(__name__)
-HANDLED = {"deployment_protection_rule", "workflow_run", "check_run", "ping"}
+# Events acted on (by a task); any other, ping included, is stored and acknowledged only.
+HANDLED = {"deployment_protection_rule", "workflow_run", "check_run"}
 
 
 def signature_valid(secret: str, body: bytes, header: str | None) -> bool:
@@ -102,7 +107,7 @@ def _raw_body(request) -> bytes:
 def webhook_receive(*, event: str, delivery_id: str, payload: dict) -> str:
     """Store a verified delivery once and queue its processing: "queued", "ignored" or
     "duplicate". Events perfgate does not handle are stored (for dedupe and the record) only."""
-    handled = event in HANDLED and (event != "ping")
+    handled = event in HANDLED
     state = WebhookDelivery.State.QUEUED if handled else WebhookDelivery.State.IGNORED
     try:
         with transaction.atomic():
@@ -204,24 +209,23 @@ def _deployment_protection_rule(payload: dict, delivery: WebhookDelivery) -> str
             .first()
         )
         if validation is None:
-            from gates.services import validation_request
-
             try:
-                validation, _ = validation_request(
-                    project=project,
-                    environment=environment,
-                    build_id=f"deployment-{deployment.get('id')}",
-                    git_hash=str(deployment.get("sha", "")),
-                    actor=_actor(payload),
-                    deployment_context={
-                        "provider": "github",
-                        "repository": project.repository,
-                        "ref": deployment.get("ref") or "",
-                        "pullRequest": pull_requests[0] if pull_requests else None,
-                        "deploymentId": deployment.get("id"),
-                        "actor": (payload.get("sender") or {}).get("login"),
-                    },
-                )
+                with transaction.atomic():  # a refused request leaves nothing behind
+                    validation, _ = validation_request(
+                        project=project,
+                        environment=environment,
+                        build_id=f"deployment-{deployment.get('id')}",
+                        git_hash=str(deployment.get("sha", "")),
+                        actor=_actor(payload),
+                        deployment_context={
+                            "provider": "github",
+                            "repository": project.repository,
+                            "ref": deployment.get("ref") or "",
+                            "pullRequest": pull_requests[0] if pull_requests else None,
+                            "deploymentId": deployment.get("id"),
+                            "actor": (payload.get("sender") or {}).get("login"),
+                        },
+                    )
             except ServiceError as exc:
                 return _reject_at_once(project, callback_url, github_environment, deployment, reason=str(exc))
         review = DeploymentReview.objects.create(
@@ -231,15 +235,11 @@ def _deployment_protection_rule(payload: dict, delivery: WebhookDelivery) -> str
             deployment_id=deployment.get("id"),
         )
         if not validation.is_pending:
-            from integrations.github import record_review
-
             record_review(review, validation)
     return f"deployment {deployment.get('id')} waits on validation {validation.pk} ({validation.status})"
 
 
 def _reject_at_once(project, callback_url, environment_name, deployment, *, reason: str = "") -> str:
-    from integrations.outbox import queue_delivery
-
     reason = reason or f"perfgate has no environment {environment_name!r} for project {project.slug}"
     OutboundCall.objects.create(
         project=project,
@@ -286,14 +286,8 @@ def _check_run(payload: dict, delivery: WebhookDelivery) -> str:
 
 
 def _uuid(text: str) -> bool:
-    import uuid
-
     try:
         uuid.UUID(text)
     except ValueError:
         return False
     return True
-
-
-def connection_for(project: Project) -> GitHubConnection | None:
-    return GitHubConnection.objects.filter(project=project).first()

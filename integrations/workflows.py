@@ -24,7 +24,9 @@ from django.db import transaction
 from gates.audit import Actor
 from gates.errors import ServiceError
 from gates.models import Validation
+from gates.services import validation_ingest, validation_request
 from integrations import http
+from integrations.github import GitHubClient
 from integrations.models import GitHubConnection
 
 logger = logging.getLogger(__name__)
@@ -119,8 +121,6 @@ def _connection(validation: Validation) -> GitHubConnection:
 def run_workflow(validation: Validation, workdir: Path, *, keep_going: Callable[[float], bool]) -> Path:
     """Dispatch the performance workflow for this validation, follow the run to its end and
     return the path of its results. ``keep_going(elapsed)`` renews the lease; False stops."""
-    from integrations.github import GitHubClient
-
     connection = _connection(validation)
     client = GitHubClient(connection)
     repository = validation.project.repository
@@ -207,9 +207,6 @@ def _with_retries(action, deadline: float, keep_going, started: float):
 def workflow_run_completed(*, connection: GitHubConnection, run: dict, actor: Actor) -> str:
     """A ``workflow_run`` of the performance workflow completed. A run perfgate dispatched is
     followed by its worker; any other run is evaluated here, for ``workflow_environment``."""
-    from gates.services import validation_ingest
-    from integrations.github import GitHubClient
-
     project = connection.project
     run_id = int(run["id"])
     followed = Validation.objects.filter(project=project, deployment_context__workflowRunId=run_id).first()
@@ -254,8 +251,6 @@ def workflow_run_completed(*, connection: GitHubConnection, run: dict, actor: Ac
 def validation_rerun(*, original: Validation, actor: Actor, delivery_id: str) -> str:
     """``check_run`` rerequested: validate the same build again (a new validation, so the first
     outcome stays on record). The same delivery twice gives the same rerun."""
-    from gates.services import validation_request
-
     build_id = f"{original.build_id[:150]}~rerun-{delivery_id[:12]}"
     try:
         validation, created = validation_request(

@@ -87,9 +87,8 @@ def test_a_webhook_is_answered_at_once_and_its_work_queued(client, project, app_
     project.repository = "Codertocat/Hello-World"
     project.save(update_fields=["repository"])
     body = _protection_rule_body(fake, run_id=5002)
-    started = time.monotonic()
+    # How fast: bench/webhooks.py. Here: the answer comes before any of the work is done.
     response = send_webhook(client, "deployment_protection_rule", body)
-    assert time.monotonic() - started < 1.0
     assert response.status_code == 202
     assert WebhookDelivery.objects.get().state == "queued"
     assert Validation.objects.count() == 0, "no work was done while GitHub waited"
@@ -309,3 +308,26 @@ def test_a_failed_workflow_run_ends_the_validation_with_the_reason(project, stag
     validation.refresh_from_db()
     assert validation.verdict == "error"
     assert "ended failure" in validation.status_reason
+
+
+def test_a_signed_webhook_without_a_delivery_id_is_400_and_nothing_is_stored(client, db):
+    body = json.dumps(fixture_payload("ping.payload.json")).encode()
+    response = client.post(
+        "/api/ci-cd/webhooks/github",
+        data=body,
+        content_type="application/json",
+        HTTP_X_GITHUB_EVENT="ping",
+        HTTP_X_HUB_SIGNATURE_256=signature(body),
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid"
+    assert WebhookDelivery.objects.count() == 0
+
+
+def test_a_webhook_larger_than_the_limit_is_413_before_it_is_read(client, db, settings):
+    settings.PERFGATE_WEBHOOK_MAX_BYTES = 1000
+    body = json.dumps(fixture_payload("workflow_run.completed.json")).encode()
+    response = send_webhook(client, "workflow_run", body)
+    assert response.status_code == 413
+    assert response.json()["error"] == "too_large"
+    assert WebhookDelivery.objects.count() == 0
