@@ -78,9 +78,11 @@ def test_a_blocked_build_fails_its_status_and_check_with_the_reason(
     outbox.deliver_due()
     final = fake.statuses[("acme/wedsync", SHA)][-1]
     validation.refresh_from_db()
-    assert final["state"] == ("failure" if not validation.deployment_allowed else "success")
+    assert (validation.status, validation.deployment_allowed) == ("blocked", False)
+    assert final["state"] == "failure"
+    assert final["description"].startswith("Blocked")
     [check] = fake.check_runs.values()
-    assert check["conclusion"] in ("failure", "neutral")
+    assert check["conclusion"] == "failure"
     assert any(a["annotation_level"] == "failure" for a in check["annotations"])
     assert "p(95)<100" in check["output"]["summary"]
 
@@ -300,3 +302,18 @@ def test_secrets_are_encrypted_at_rest_and_rotate_to_the_newest_key(project, set
     settings.PERFGATE_SECRETS_KEYS = [Fernet.generate_key().decode()]
     with pytest.raises(SecretUnreadable, match="cannot be decrypted"):
         GitHubConnection.objects.get()
+
+
+def test_a_status_that_failed_holds_back_the_later_ones_of_its_commit_and_context(
+    project, staging, token_connection, fake, settings
+):
+    settings.PERFGATE_OUTBOX_MAX_BACKOFF_SECONDS = 1
+    validation = start(project, staging, pr=None)
+    validation_block(validation=validation, reason="hold", actor=ACTOR)
+    fake.fail_next(1, status=502)
+
+    outbox.deliver_due()
+
+    assert ("acme/wedsync", SHA) not in fake.statuses, "the later status did not overtake the failed one"
+    outbox.deliver_due(wait_seconds=5)
+    assert [s["state"] for s in fake.statuses[("acme/wedsync", SHA)]] == ["pending", "failure"]
