@@ -12,6 +12,7 @@ import pytest
 from django.apps import apps as django_apps
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.db import connections
 from guardian.shortcuts import assign_perm
 
 from gates.audit import Actor
@@ -46,6 +47,9 @@ def browser(monkeypatch):
         )
         yield chromium
         chromium.close()
+        # ORM calls made while Playwright's loop ran opened their own connections: close them,
+        # or PostgreSQL refuses to drop the test database at the end of the suite.
+        connections.close_all()
 
 
 @pytest.fixture
