@@ -257,6 +257,24 @@ def record_review(review: DeploymentReview, validation: Validation) -> None:
     transaction.on_commit(queue_delivery)
 
 
+def record_rejection(
+    *, project, callback_url: str, environment_name: str, deployment_id, reason: str
+) -> None:
+    """Reject a deployment perfgate cannot validate at all (no such environment, a refused
+    request): answered at once, with the reason."""
+    OutboundCall.objects.create(
+        project=project,
+        kind="deployment_review",
+        ordering_key=f"deployment:{deployment_id}",
+        payload={
+            "review_id": None,
+            "callback_url": callback_url,
+            "body": {"environment_name": environment_name, "state": "rejected", "comment": reason[:1000]},
+        },
+    )
+    transaction.on_commit(queue_delivery)
+
+
 def _review_payload(review: DeploymentReview, validation: Validation) -> dict:
     approved = bool(validation.deployment_allowed)
     if approved:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Min, Q
 from django.utils import timezone
@@ -24,6 +25,8 @@ from integrations.models import OutboundCall
 
 logger = logging.getLogger(__name__)
 CLAIM_SECONDS = 120
+WAITER_KEY = "perfgate:outbox:waiter"
+WAITER_SECONDS = 20
 
 
 @dataclass
@@ -153,6 +156,19 @@ def deliver_due(*, wait_seconds: float = 0.0) -> Delivered:
         if time.monotonic() + pause > deadline:
             return report
         time.sleep(max(0.05, pause))
+
+
+def deliver_queued() -> Delivered:
+    """What a delivery task does. During a GitHub outage every status change queues one; if
+    each stayed to retry they would hold every worker and load tests would wait. So one task at
+    a time (a cache lock) stays up to WAITER_SECONDS for short retries; the others make one pass
+    and leave, and the schedule catches the rest."""
+    waiting = cache.add(WAITER_KEY, 1, timeout=WAITER_SECONDS + 30)
+    try:
+        return deliver_due(wait_seconds=WAITER_SECONDS if waiting else 0)
+    finally:
+        if waiting:
+            cache.delete(WAITER_KEY)
 
 
 def queue_delivery() -> None:

@@ -27,9 +27,8 @@ from gates.errors import ServiceError
 from gates.models import Environment, Project, Validation
 from gates.services import validation_request
 from integrations import workflows
-from integrations.github import record_review
-from integrations.models import DeploymentReview, OutboundCall, WebhookDelivery
-from integrations.outbox import queue_delivery
+from integrations.github import record_rejection, record_review
+from integrations.models import DeploymentReview, WebhookDelivery
 from perfgate_site.limits import PayloadTooLarge
 
 logger = logging.getLogger(__name__)
@@ -241,17 +240,13 @@ def _deployment_protection_rule(payload: dict, delivery: WebhookDelivery) -> str
 
 def _reject_at_once(project, callback_url, environment_name, deployment, *, reason: str = "") -> str:
     reason = reason or f"perfgate has no environment {environment_name!r} for project {project.slug}"
-    OutboundCall.objects.create(
+    record_rejection(
         project=project,
-        kind="deployment_review",
-        ordering_key=f"deployment:{deployment.get('id')}",
-        payload={
-            "review_id": None,
-            "callback_url": callback_url,
-            "body": {"environment_name": environment_name, "state": "rejected", "comment": reason[:1000]},
-        },
+        callback_url=callback_url,
+        environment_name=environment_name,
+        deployment_id=deployment.get("id"),
+        reason=reason,
     )
-    transaction.on_commit(queue_delivery)
     return f"rejected: {reason}"
 
 
