@@ -30,8 +30,10 @@ from gates.report import check_table, summary_line
 from integrations.services import token_create
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "demo" / "perfgate.yaml"
-GOOD_LATENCY_MS = 20.0
-SLOW_LATENCY_MS = 30.0  # +50%: the regression the gate must catch
+# Latencies well above this machine's noise (a loaded 2-core host adds 10-20 ms to some
+# requests; at 20 ms that alone could hide a +50% regression).
+GOOD_LATENCY_MS = 50.0
+SLOW_LATENCY_MS = 75.0  # +50%: the regression the gate must catch
 READY_TIMEOUT = 60
 
 
