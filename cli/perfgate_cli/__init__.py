@@ -1,0 +1,1 @@
+"""The ``perfgate`` command, the CI client of a perfgate server: :mod:`perfgate_cli.cli`."""
