@@ -6,6 +6,8 @@ from baselines.models import Baseline, BaselineMetric
 from baselines.services import baseline_pin, baseline_unpin
 from gates.admin.base import ProjectScopedMixin, ReadOnlyAdminMixin
 from gates.audit import Actor
+from gates.errors import ServiceError
+from gates.permissions import projects_where
 
 
 class BaselineMetricInline(ReadOnlyAdminMixin, admin.TabularInline):
@@ -49,31 +51,32 @@ class BaselineAdmin(ReadOnlyAdminMixin, ProjectScopedMixin, admin.ModelAdmin):
     def run_count(self, obj):
         return obj.runs.count()
 
-    @admin.action(description="Pin the selected version (it stays active)", permissions=["view"])
+    def has_pin_permission(self, request):
+        return projects_where(request.user, "change_thresholds").exists()
+
+    @admin.action(description="Pin the selected version (it stays active)", permissions=["pin"])
     def pin(self, request, queryset):
+        """Needs ``change_thresholds`` on the baseline's project, which the service checks."""
         if queryset.count() != 1:
             self.message_user(request, "Pin exactly one version.", messages.ERROR)
             return
-        baseline = queryset.get()
-        if not request.user.has_perm(
-            "gates.change_thresholds", baseline.project
-        ) and not request.user.has_perm("gates.change_thresholds"):
-            self.message_user(request, f"You may not change baselines of {baseline.project}.", messages.ERROR)
+        baseline = queryset.select_related("project", "environment").get()
+        try:
+            baseline_pin(baseline=baseline, actor=Actor.for_user(request.user), reason="pinned in the admin")
+        except ServiceError as exc:
+            self.message_user(request, exc.detail, messages.ERROR)
             return
-        baseline_pin(baseline=baseline, actor=Actor.for_user(request.user), reason="pinned in the admin")
         self.message_user(request, f"{baseline} is pinned.")
 
-    @admin.action(description="Unpin (follow the newest version again)", permissions=["view"])
+    @admin.action(description="Unpin (follow the newest version again)", permissions=["pin"])
     def unpin(self, request, queryset):
+        """Needs ``change_thresholds`` on each baseline's project, which the service checks."""
         for baseline in queryset.filter(pinned=True).select_related("project", "environment"):
-            if not request.user.has_perm(
-                "gates.change_thresholds", baseline.project
-            ) and not request.user.has_perm("gates.change_thresholds"):
-                self.message_user(
-                    request, f"You may not change baselines of {baseline.project}.", messages.ERROR
+            try:
+                baseline_unpin(
+                    baseline=baseline, actor=Actor.for_user(request.user), reason="unpinned in the admin"
                 )
+            except ServiceError as exc:
+                self.message_user(request, exc.detail, messages.ERROR)
                 continue
-            baseline_unpin(
-                baseline=baseline, actor=Actor.for_user(request.user), reason="unpinned in the admin"
-            )
             self.message_user(request, f"{baseline} is unpinned.")

@@ -1,4 +1,9 @@
-"""Baseline state changes: promoting a validation to a new version, pinning one."""
+"""Baseline state changes: promoting a validation to a new version, pinning one.
+
+What a baseline is decides which builds pass, so a person changes baselines with the right that
+guards thresholds, ``change_thresholds`` on the project (``gates.permissions``). Ops tokens
+(``POST …/baseline``) were authorised by their role; automatic promotion acts as perfgate.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,12 @@ from django.db.models import Max
 from baselines import stats
 from baselines.models import Baseline, BaselineMetric
 from baselines.selectors import baseline_active
-from gates.audit import Actor, audit_record
-from gates.errors import InvalidState
-from gates.models import MetricObservation, Scenario, Validation, Verdict
+from gates.audit import SYSTEM, Actor, audit_record
+from gates.errors import InvalidState, NotFound, ServiceError
+from gates.models import Environment, MetricObservation, Project, Scenario, Validation, Verdict
+from gates.permissions import require_right
+from gates.registry import Change
+from gates.services import validation_request
 
 PROMOTABLE_VERDICTS = (Verdict.PASS, Verdict.WARN)
 
@@ -37,6 +45,7 @@ def baseline_promote(
     several runs to measure noise with. Each call makes a new version; ``pin`` also pins it.
     """
     validation = Validation.objects.select_related("project", "environment", "scenario").get(pk=validation.pk)
+    require_right(actor, "change_thresholds", validation.project, to="make baselines")
     if validation.status != Validation.Status.PASSED or validation.verdict not in PROMOTABLE_VERDICTS:
         raise InvalidState(
             f"Only a passed validation can become a baseline; build {validation.build_id} is "
@@ -124,7 +133,9 @@ def baseline_promote(
 
 @transaction.atomic
 def baseline_pin(*, baseline: Baseline, actor: Actor, reason: str = "") -> Baseline:
-    """Make this version the active one until it is unpinned, whatever newer versions appear."""
+    """Make this version the active one until it is unpinned, whatever newer versions appear.
+    A person needs ``change_thresholds`` on the project."""
+    require_right(actor, "change_thresholds", baseline.project, to="pin baselines")
     scope = {
         "project_id": baseline.project_id,
         "environment_id": baseline.environment_id,
@@ -147,7 +158,9 @@ def baseline_pin(*, baseline: Baseline, actor: Actor, reason: str = "") -> Basel
 
 @transaction.atomic
 def baseline_unpin(*, baseline: Baseline, actor: Actor, reason: str = "") -> Baseline:
-    """Go back to following the newest version."""
+    """Go back to following the newest version. A person needs ``change_thresholds`` on the
+    project."""
+    require_right(actor, "change_thresholds", baseline.project, to="unpin baselines")
     Baseline.objects.filter(pk=baseline.pk).update(pinned=False)
     baseline.pinned = False
     audit_record(
@@ -160,3 +173,56 @@ def baseline_unpin(*, baseline: Baseline, actor: Actor, reason: str = "") -> Bas
         data={"version": baseline.version},
     )
     return baseline
+
+
+def baseline_request(
+    *,
+    project: Project,
+    environment: Environment,
+    build_id: str,
+    actor: Actor,
+    pin: bool = False,
+    reason: str = "",
+    git_hash: str = "",
+    results=None,
+    results_format: str | None = None,
+    test_config: dict | None = None,
+) -> Baseline:
+    """Ops' "make this the baseline": a new version from a build's passed validation, or from
+    results uploaded with the request (evaluated first, like any upload; only a pass counts)."""
+    require_right(actor, "change_thresholds", project, to="make baselines")
+    if results is not None:
+        if not git_hash:
+            raise ServiceError(
+                "gitHash is required with results.", fields={"gitHash": ["Required with results."]}
+            )
+        validation, _ = validation_request(
+            project=project,
+            environment=environment,
+            build_id=build_id,
+            git_hash=git_hash,
+            actor=actor,
+            test_config=test_config,
+            results=results,
+            results_format=results_format,
+        )
+    else:
+        validation = Validation.objects.of_build(project, environment, build_id)
+        if validation is None:
+            raise NotFound(f"No validation of build {build_id!r} in {project.slug}/{environment.name}.")
+    return baseline_promote(validation=validation, actor=actor, pin=pin, reason=reason)
+
+
+def baseline_follow(validation: Validation, change: Change) -> None:
+    """Registered with the gate (``BaselinesConfig.ready``): a validation that just passed with
+    every check passing becomes the next baseline version, in the same transaction, when its
+    environment baselines automatically. Relative rules that had no baseline yet count as
+    passing, so the first good build seeds the baseline; a warning of any other kind is left for
+    ops to promote by hand, since absorbing every +4% would let a service drift slower unnoticed."""
+    if change != Change.FINISHED or not validation.environment.auto_baseline:
+        return
+    if validation.status != Validation.Status.PASSED:
+        return
+    checks = (validation.report or {}).get("checks", [])
+    if checks and all(check["verdict"] in (Verdict.PASS, Verdict.NO_BASELINE) for check in checks):
+        baseline_promote(validation=validation, actor=SYSTEM, reason="automatic: every check passed")

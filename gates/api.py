@@ -20,17 +20,13 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from baselines.services import baseline_request
 from gates import selectors
+from gates.documents import summary_metrics, validation_links
 from gates.errors import NotFound, NotPermitted, ServiceError
-from gates.models import BypassRequest, Environment, Project, Validation
+from gates.models import BypassRequest, Environment, Project, Severity, Validation, Verdict
 from gates.results import FORMATS
-from gates.services import (
-    baseline_request,
-    bypass_request,
-    validation_block,
-    validation_cancel,
-    validation_request,
-)
+from gates.services import bypass_request, validation_block, validation_cancel, validation_request
 from integrations.auth import CanBlock, IsOpsToken
 from integrations.models import ApiToken
 from perfgate_site.api import StrictSerializer
@@ -55,14 +51,21 @@ def errors(*codes: int) -> dict:
     return {code: OpenApiResponse(ErrorSerializer) for code in (401, 429, *codes)}
 
 
+class OptionalChoiceField(serializers.ChoiceField):
+    """A choice that is blank until it is made, shown as null."""
+
+    def to_representation(self, value):
+        return super().to_representation(value) or None
+
+
 @extend_schema_serializer(component_name="Check")
 class CheckSerializer(serializers.Serializer):
     rule = serializers.CharField()
     kind = serializers.ChoiceField(["absolute", "relative", "load"])
-    severity = serializers.ChoiceField(["key", "info"])
+    severity = serializers.ChoiceField(Severity.values)
     metric = serializers.CharField()
     aggregation = serializers.CharField()
-    verdict = serializers.ChoiceField(["pass", "warn", "fail", "inconclusive", "no_baseline", "error"])
+    verdict = serializers.ChoiceField(Verdict.values)
     observed = serializers.FloatField(allow_null=True)
     baseline = serializers.FloatField(allow_null=True)
     limit = serializers.FloatField(allow_null=True)
@@ -73,7 +76,12 @@ class CheckSerializer(serializers.Serializer):
 
 @extend_schema_serializer(component_name="Validation")
 class ValidationSerializer(serializers.Serializer):
-    """A validation as CI sees it (status, verdict, deploymentAllowed) with its explained checks."""
+    """A validation as CI sees it (status, verdict, deploymentAllowed) with its explained checks.
+
+    The one definition of the validation document: every endpoint that shows a validation
+    renders it with this serializer, and the OpenAPI schema is generated from it. A new field is
+    one line here.
+    """
 
     @extend_schema_serializer(component_name="ValidationLinks")
     class Links(serializers.Serializer):
@@ -82,34 +90,37 @@ class ValidationSerializer(serializers.Serializer):
         admin = serializers.CharField()
         chart = serializers.CharField()
 
+        def to_representation(self, validation):
+            return validation_links(validation)
+
     @extend_schema_serializer(component_name="ValidationProgress")
     class Progress(serializers.Serializer):
         elapsedSeconds = serializers.FloatField()
         requests = serializers.IntegerField()
         requestRate = serializers.FloatField()
 
-    validationId = serializers.UUIDField()
-    project = serializers.CharField()
-    buildId = serializers.CharField()
-    environment = serializers.CharField()
-    gitHash = serializers.CharField()
-    scenario = serializers.CharField(allow_null=True)
+    validationId = serializers.UUIDField(source="pk")
+    project = serializers.CharField(source="project.slug")
+    buildId = serializers.CharField(source="build_id")
+    environment = serializers.CharField(source="environment.name")
+    gitHash = serializers.CharField(source="git_hash")
+    scenario = serializers.CharField(source="scenario.name", allow_null=True)
     status = serializers.ChoiceField(Validation.Status.values)
-    verdict = serializers.ChoiceField(
-        ["pass", "warn", "fail", "inconclusive", "no_baseline", "error"], allow_null=True
+    verdict = OptionalChoiceField(Verdict.values, allow_null=True)
+    deploymentAllowed = serializers.BooleanField(source="deployment_allowed", allow_null=True)
+    wouldBlock = serializers.BooleanField(source="would_block")
+    statusReason = serializers.CharField(source="status_reason", allow_blank=True)
+    metrics = serializers.DictField(
+        source="report.metrics", default=dict, child=serializers.DictField(child=serializers.FloatField())
     )
-    deploymentAllowed = serializers.BooleanField(allow_null=True)
-    wouldBlock = serializers.BooleanField()
-    statusReason = serializers.CharField(allow_blank=True)
-    metrics = serializers.DictField(child=serializers.DictField(child=serializers.FloatField()))
-    checks = CheckSerializer(many=True)
-    blockingReasons = serializers.ListField(child=serializers.CharField())
-    progress = Progress(allow_null=True)
-    estimatedCompletion = serializers.DateTimeField(allow_null=True)
-    createdAt = serializers.DateTimeField()
-    startedAt = serializers.DateTimeField(allow_null=True)
-    finishedAt = serializers.DateTimeField(allow_null=True)
-    links = Links()
+    checks = CheckSerializer(source="report.checks", default=list, many=True)
+    blockingReasons = serializers.ListField(source="blocking_reasons", child=serializers.CharField())
+    progress = Progress(source="live_progress", allow_null=True)
+    estimatedCompletion = serializers.DateTimeField(source="live_estimated_completion", allow_null=True)
+    createdAt = serializers.DateTimeField(source="created_at")
+    startedAt = serializers.DateTimeField(source="started_at", allow_null=True)
+    finishedAt = serializers.DateTimeField(source="finished_at", allow_null=True)
+    links = Links(source="*")
 
 
 def scope(
@@ -166,7 +177,7 @@ class DeploymentContextSerializer(StrictSerializer):
 
 
 def validation_response(validation: Validation, code: int = status.HTTP_200_OK) -> Response:
-    return Response(selectors.validation_document(validation), status=code)
+    return Response(ValidationSerializer(validation).data, status=code)
 
 
 class ValidateView(APIView):
@@ -213,12 +224,6 @@ class ValidateView(APIView):
         project, environment = scope(request.auth, payload["project"], payload["environment"])
         if results is None and payload.get("results") is not None:
             results, upload_digest = _inline_results(payload["results"])
-        fingerprint = hashlib.sha256(
-            json.dumps(
-                {k: v for k, v in data.items() if k != "results"}, sort_keys=True, default=str
-            ).encode()
-            + upload_digest.encode()
-        ).hexdigest()
         validation, created = validation_request(
             project=project,
             environment=environment,
@@ -231,7 +236,8 @@ class ValidateView(APIView):
             results_format=payload.get("resultsFormat"),
             results_name=results_name,
             idempotency_key=request.headers.get("Idempotency-Key") or None,
-            fingerprint=fingerprint,
+            request_document=data,
+            results_digest=upload_digest,
         )
         queued = created and validation.is_pending
         return validation_response(validation, status.HTTP_202_ACCEPTED if queued else status.HTTP_200_OK)
@@ -306,12 +312,12 @@ class StatusView(APIView):
         # The hot path of CI's polling: one prepared statement, the token's environments checked
         # on the row it found.
         project, _ = scope(request.auth, query.get("project"), None, environment_required=False)
-        row = selectors.status_row_for_build(project, build_id, query.get("environment"))
-        if not request.auth.allows_environment(row.environment):
+        validation = selectors.validation_for_build(project, build_id, query.get("environment"))
+        if not request.auth.allows_environment(validation.environment.name):
             raise NotFound(f"No validation of build {build_id!r} this token may see.")
         if query["wait"]:
-            row = selectors.status_wait(project, row, query["wait"])
-        return Response(selectors.status_document(row))
+            validation = selectors.status_wait(validation, query["wait"])
+        return validation_response(validation)
 
 
 class BlockView(APIView):
@@ -375,49 +381,31 @@ class CancelView(APIView):
 
 @extend_schema_serializer(component_name="Bypass")
 class BypassSerializer(serializers.Serializer):
-    """A bypass request as the API shows it."""
+    """A bypass request as the API shows it (its one definition)."""
 
     @extend_schema_serializer(component_name="BypassApproval")
     class Approval(serializers.Serializer):
-        approver = serializers.CharField()
-        at = serializers.DateTimeField()
+        approver = serializers.CharField(source="approver.get_username")
+        at = serializers.DateTimeField(source="created_at")
 
-    bypassId = serializers.UUIDField()
-    project = serializers.CharField()
-    environment = serializers.CharField()
-    buildId = serializers.CharField()
-    validationId = serializers.UUIDField()
+    class Links(serializers.DictField):
+        def to_representation(self, bypass):
+            return {"admin": reverse("admin:gates_bypassrequest_change", args=[bypass.pk])}
+
+    bypassId = serializers.UUIDField(source="pk")
+    project = serializers.CharField(source="project.slug")
+    environment = serializers.CharField(source="environment.name")
+    buildId = serializers.CharField(source="build_id")
+    validationId = serializers.UUIDField(source="validation_id")
     status = serializers.ChoiceField(BypassRequest.Status.values)
     justification = serializers.CharField()
-    ticketUrl = serializers.CharField(allow_blank=True)
-    requestedBy = serializers.CharField()
-    requiredApprovals = serializers.IntegerField()
-    approvals = Approval(many=True)
-    expiresAt = serializers.DateTimeField()
-    createdAt = serializers.DateTimeField()
-    links = serializers.DictField(child=serializers.CharField())
-
-
-def bypass_document(bypass: BypassRequest) -> dict:
-    return {
-        "bypassId": str(bypass.pk),
-        "project": bypass.project.slug,
-        "environment": bypass.environment.name,
-        "buildId": bypass.build_id,
-        "validationId": str(bypass.validation_id),
-        "status": bypass.status,
-        "justification": bypass.justification,
-        "ticketUrl": bypass.ticket_url,
-        "requestedBy": bypass.requested_by,
-        "requiredApprovals": bypass.required_approvals,
-        "approvals": [
-            {"approver": a.approver.get_username(), "at": a.created_at}
-            for a in bypass.approvals.select_related("approver")
-        ],
-        "expiresAt": bypass.expires_at,
-        "createdAt": bypass.created_at,
-        "links": {"admin": reverse("admin:gates_bypassrequest_change", args=[bypass.pk])},
-    }
+    ticketUrl = serializers.CharField(source="ticket_url", allow_blank=True)
+    requestedBy = serializers.CharField(source="requested_by")
+    requiredApprovals = serializers.IntegerField(source="required_approvals")
+    approvals = Approval(source="approvals.all", many=True)
+    expiresAt = serializers.DateTimeField(source="expires_at")
+    createdAt = serializers.DateTimeField(source="created_at")
+    links = Links(source="*", child=serializers.CharField())
 
 
 class BypassView(APIView):
@@ -459,7 +447,7 @@ class BypassView(APIView):
             expires_in_minutes=payload.get("expiresInMinutes"),
             requested_for=payload["requestedBy"],
         )
-        return Response(bypass_document(bypass), status=status.HTTP_201_CREATED)
+        return Response(BypassSerializer(bypass).data, status=status.HTTP_201_CREATED)
 
 
 class HistoryView(APIView):
@@ -484,17 +472,17 @@ class HistoryView(APIView):
     class OutputSerializer(serializers.Serializer):
         @extend_schema_serializer(component_name="HistoryItem")
         class Item(serializers.Serializer):
-            validationId = serializers.UUIDField()
-            buildId = serializers.CharField()
-            gitHash = serializers.CharField()
+            validationId = serializers.UUIDField(source="pk")
+            buildId = serializers.CharField(source="build_id")
+            gitHash = serializers.CharField(source="git_hash")
             branch = serializers.CharField(allow_blank=True)
-            environment = serializers.CharField()
-            scenario = serializers.CharField(allow_null=True)
+            environment = serializers.CharField(source="environment.name")
+            scenario = serializers.CharField(source="scenario.name", allow_null=True)
             status = serializers.ChoiceField(Validation.Status.values)
-            verdict = serializers.CharField(allow_null=True)
-            deploymentAllowed = serializers.BooleanField(allow_null=True)
-            createdAt = serializers.DateTimeField()
-            finishedAt = serializers.DateTimeField(allow_null=True)
+            verdict = OptionalChoiceField(Verdict.values, allow_null=True)
+            deploymentAllowed = serializers.BooleanField(source="deployment_allowed", allow_null=True)
+            createdAt = serializers.DateTimeField(source="created_at")
+            finishedAt = serializers.DateTimeField(source="finished_at", allow_null=True)
             metrics = serializers.DictField(child=serializers.DictField(child=serializers.FloatField()))
 
         results = Item(many=True)
@@ -510,15 +498,12 @@ class HistoryView(APIView):
         project, environment = scope(
             request.auth, query.get("project"), query.get("environment"), environment_required=False
         )
-        scenario = None
-        if query.get("scenario"):
-            scenario = selectors.scenario_for(project, query["scenario"])
-            if scenario is None:
-                raise NotFound(f"Project {project.slug} has no scenario {query['scenario']!r}.")
-        items, next_cursor = selectors.history_page(
+        # A token without a list of environments sees them all.
+        environments = [environment.name] if environment is not None else request.auth.environments or None
+        page, next_cursor = selectors.history_page(
             project=project,
-            environment=environment,
-            scenario=scenario,
+            environments=environments,
+            scenario=query.get("scenario"),
             metric=query.get("metric"),
             branch=query.get("branch"),
             since=query.get("since"),
@@ -526,14 +511,12 @@ class HistoryView(APIView):
             cursor=query.get("cursor"),
             limit=query["limit"],
         )
-        if environment is None and request.auth.environments:
-            items = [item for item in items if request.auth.allows_environment(item["environment"])]
         next_url = None
         if next_cursor:
             params = request.query_params.copy()
             params["cursor"] = next_cursor
             next_url = f"{request.path}?{params.urlencode()}"
-        return Response({"results": items, "next": next_url})
+        return Response(self.OutputSerializer({"results": page, "next": next_url}).data)
 
 
 class BaselineView(APIView):
@@ -560,15 +543,19 @@ class BaselineView(APIView):
 
     @extend_schema_serializer(component_name="Baseline")
     class OutputSerializer(serializers.Serializer):
-        project = serializers.CharField()
-        environment = serializers.CharField()
-        scenario = serializers.CharField()
+        class Metrics(serializers.DictField):
+            def to_representation(self, baseline):
+                return summary_metrics(baseline.metrics.values_list("series", "aggregation", "value"))
+
+        project = serializers.CharField(source="project.slug")
+        environment = serializers.CharField(source="environment.name")
+        scenario = serializers.CharField(source="scenario.name")
         version = serializers.IntegerField()
         pinned = serializers.BooleanField()
-        sourceBuildId = serializers.CharField()
-        runs = serializers.IntegerField()
-        metrics = serializers.DictField(child=serializers.DictField(child=serializers.FloatField()))
-        createdAt = serializers.DateTimeField()
+        sourceBuildId = serializers.CharField(source="source_validation.build_id")
+        runs = serializers.IntegerField(source="runs.count")
+        metrics = Metrics(source="*", child=serializers.DictField(child=serializers.FloatField()))
+        createdAt = serializers.DateTimeField(source="created_at")
 
     @extend_schema(
         operation_id="baseline",
@@ -595,26 +582,7 @@ class BaselineView(APIView):
             results_format=payload.get("resultsFormat"),
             test_config=dict(payload.get("testConfig") or {}),
         )
-        document = {
-            "project": project.slug,
-            "environment": environment.name,
-            "scenario": baseline.scenario.name,
-            "version": baseline.version,
-            "pinned": baseline.pinned,
-            "sourceBuildId": baseline.source_validation.build_id,
-            "runs": baseline.runs.count(),
-            "metrics": _baseline_metrics(baseline),
-            "createdAt": baseline.created_at,
-        }
-        return Response(document, status=status.HTTP_201_CREATED)
-
-
-def _baseline_metrics(baseline) -> dict:
-    metrics: dict = {}
-    for series, aggregation, value in baseline.metrics.values_list("series", "aggregation", "value"):
-        if series in selectors.SUMMARY_METRICS:
-            metrics.setdefault(series, {})[aggregation] = value
-    return metrics
+        return Response(self.OutputSerializer(baseline).data, status=status.HTTP_201_CREATED)
 
 
 class RegressionView(APIView):
@@ -663,4 +631,4 @@ class RegressionView(APIView):
         query = _query(self.QuerySerializer, request)
         project, environment = scope(request.auth, query.get("project"), query["environment"])
         validation = selectors.validation_for_build(project, query["buildId"], environment.name)
-        return Response(selectors.regression_report(validation))
+        return Response(self.OutputSerializer(selectors.regression_report(validation)).data)

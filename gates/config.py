@@ -1,8 +1,13 @@
 """Configuration as code: ``perfgate.yaml`` → projects, environments, scenarios and rules.
 
-The whole file is read and checked before anything is written; an invalid file is rejected with
-a message naming its place (``projects[0].rules[2].threshold``) and nothing is applied. Applying
-is idempotent: the same file twice changes nothing. Every change is audited with before and after.
+The whole file is read and checked before anything is written, in two steps. The pydantic models
+below (``ConfigFile`` and its sections) check its shape: camelCase keys, unknown keys refused,
+types and ranges; they are also its JSON Schema (``manage.py apply_config --schema``, committed as
+``docs/perfgate.schema.json``). ``_Checker`` then checks what one field cannot say alone: the
+scenario a rule names, a single default, k6 threshold syntax, targets against the allowlist,
+script files, and runs that fit in a worker's task. Either step rejects the whole file with a
+message naming its place (``projects[0].rules[2].threshold``) and nothing is applied. Applying is
+idempotent: the same file twice changes nothing. Every change is audited with before and after.
 """
 
 from __future__ import annotations
@@ -10,49 +15,35 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from django.db import transaction
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic.json_schema import GenerateJsonSchema
+from pydantic_core import PydanticCustomError
 
 from gates import rules
 from gates.audit import Actor, audit_record
-from gates.models import Environment, Project, Scenario, Severity, ThresholdRule
+from gates.models import Environment, Project, Scenario, ThresholdRule
+from gates.rules import Severity
 from gates.targets import TargetRefused, check_target_url
 from gates.units import parse_duration
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,99}$")
 REPOSITORY = re.compile(r"^[A-Za-z0-9-]+/[A-Za-z0-9._-]+$")
 SCENARIO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-PROJECT_KEYS = {
-    "slug",
-    "name",
-    "repository",
-    "vercelProjectId",
-    "allowedHosts",
-    "environments",
-    "scenarios",
-    "rules",
-}
-ENVIRONMENT_KEYS = {"enforce", "failClosed", "requireStagingPass", "bypassApprovals", "autoBaseline"}
-SCENARIO_KEYS = {
-    "name",
-    "tool",
-    "script",
-    "scriptText",
-    "targetUrl",
-    "vus",
-    "duration",
-    "maxVus",
-    "maxDuration",
-    "minRequests",
-    "arrivalRate",
-    "warmup",
-    "default",
-}
-RULE_KEYS = {"scenario", "metric", "threshold", "aggregation", "relative", "severity", "environments"}
-RELATIVE_KEYS = {"warnPct", "failPct", "floor", "direction"}
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
 class ConfigError(ValueError):
@@ -85,8 +76,276 @@ def _show(value) -> str:
     return repr(value)
 
 
-class _Reader:
-    """Checks one document, collecting nothing half-way: the first problem raises ConfigError."""
+# The file's shape. Each key is checked here alone; what depends on several keys, or on files and
+# hosts outside the document, is _Checker's.
+
+
+def _matching(pattern: re.Pattern, what: str, *, required: bool = True) -> Any:
+    """A string matching ``pattern`` (or empty, when not ``required``), refused with a message a
+    person can act on; pydantic's would quote the regular expression. The schema still carries
+    the pattern, for editors."""
+
+    def check(value: str) -> str:
+        if not value and not required:
+            return value
+        if not value:
+            raise ValueError("is required")
+        if not pattern.match(value):
+            raise ValueError(f"{value!r} is not a valid {what}")
+        return value
+
+    return Annotated[str, Field(json_schema_extra={"pattern": pattern.pattern}), AfterValidator(check)]
+
+
+def _seconds(value) -> int:
+    seconds = parse_duration(value)
+    if seconds < 1 or seconds != int(seconds):
+        raise ValueError(f"expected a whole number of seconds, at least 1s, got {value!r}")
+    return int(seconds)
+
+
+def _warmup_seconds(value) -> int:
+    # 0 (or nothing) is no warm-up at all; any other value is a duration of at least a second.
+    return 0 if value in (None, 0) else _seconds(value)
+
+
+_DURATION_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "pattern": r"^\s*([0-9]+(\.[0-9]+)?(ms|s|m|h))+\s*$"},
+        {"type": "number", "minimum": 1},
+    ],
+    "description": 'A k6 duration ("30s", "5m", "1h30m") or a number of seconds; whole seconds.',
+}
+
+
+def _no_default(schema: dict) -> None:
+    schema.pop("default", None)
+
+
+def _optional(description: str, **constraints) -> Any:
+    """A key whose absence means something a default value cannot say: worked out from other keys,
+    or "the other key was given instead". Giving it as null is refused, as for any value."""
+    return Field(
+        default=None,
+        validate_default=False,
+        description=description,
+        json_schema_extra=_no_default,
+        **constraints,
+    )
+
+
+Slug = _matching(SLUG, "slug (lowercase letters, digits and dashes)")
+ScenarioName = _matching(SCENARIO_NAME, "scenario name")
+Repository = _matching(REPOSITORY, "GitHub repository (owner/name)", required=False)
+Seconds = Annotated[int, PlainValidator(_seconds), WithJsonSchema(_DURATION_SCHEMA)]
+WarmupSeconds = Annotated[
+    int,
+    PlainValidator(_warmup_seconds),
+    WithJsonSchema({"anyOf": [*_DURATION_SCHEMA["anyOf"], {"const": 0}, {"type": "null"}]}),
+]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+EnvironmentName = Literal[tuple(Environment.Name.values)]
+ToolName = Literal[tuple(Scenario.Tool.values)]
+SeverityName = Literal[tuple(Severity.values)]
+DirectionName = Literal[tuple(ThresholdRule.Direction.values)]
+
+
+class _Section(BaseModel):
+    """A mapping of perfgate.yaml: camelCase keys, nothing else; values of exactly their type
+    ("10" is not a number, 1 is not true)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, alias_generator=to_camel, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data):
+        # pydantic says "Extra inputs are not permitted"; name the keys that are, to catch typos.
+        if isinstance(data, dict):
+            known = sorted(f.alias or name for name, f in cls.model_fields.items())
+            for key in data:
+                if key not in known:
+                    raise PydanticCustomError(
+                        "unknown_key",
+                        "unknown key; expected one of: {expected}",
+                        {"expected": ", ".join(known), "at": str(key)},
+                    )
+        return data
+
+
+class EnvironmentConfig(_Section):
+    """The gate's policy in one environment."""
+
+    enforce: bool = Field(
+        default=True, description="Block failing deployments; false: shadow mode, only record what would be."
+    )
+    fail_closed: bool = Field(default=False, description="Block when no verdict can be reached.")
+    require_staging_pass: bool = Field(
+        default=False, description="A passing staging validation of the same git hash is required first."
+    )
+    bypass_approvals: int = Field(
+        default=1, ge=1, description="Distinct approvers an emergency bypass needs."
+    )
+    auto_baseline: bool = Field(default=True, description="A passing validation becomes the next baseline.")
+
+
+class ScenarioConfig(_Section):
+    """A load test CI can ask for by name. Give script or scriptText."""
+
+    name: ScenarioName
+    tool: ToolName = Scenario.Tool.K6.value
+    script: str = _optional("Path of the script, relative to this file.")
+    script_text: str = _optional("The script itself, inline.")
+    target_url: str = Field(default="", description="Default target; it must be on allowedHosts.")
+    vus: int = Field(default=10, ge=1, description="Default load in virtual users.")
+    duration: Seconds = Field(default=30, description="Default duration.")
+    max_vus: int = _optional("The most VUs a request may ask for; default: the larger of vus and 50.", ge=1)
+    max_duration: Seconds = _optional(
+        "The longest a request may ask for; default: the longer of duration and 5m. With the warm-up "
+        "and the run margin it must fit in a worker task (PERFGATE_TASK_TIMEOUT)."
+    )
+    min_requests: int = Field(
+        default=100, ge=0, description="Fewer requests than this is an error (insufficient load)."
+    )
+    arrival_rate: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="Iterations per second (open model); absent: VUs loop."
+    )
+    warmup: WarmupSeconds = Field(default=0, description="Ramp-up before measuring.")
+    default: bool = Field(default=False, description="Runs when a request names no scenario.")
+
+
+class RelativeConfig(_Section):
+    """How much worse than the baseline is too much. Without warnPct the rule never warns: it
+    passes or fails."""
+
+    warn_pct: NonNegative | None = Field(
+        default=None, description="Warn from this change, in % of the baseline."
+    )
+    fail_pct: NonNegative = Field(description="Fail from this change, in % of the baseline.")
+    floor: NonNegative = Field(
+        default=0.0, description="Ignore changes smaller than this, in the metric's unit."
+    )
+    direction: DirectionName = Field(
+        default=ThresholdRule.Direction.AUTO.value,
+        description="Which change is worse: up, down, or auto (by the metric).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fail_pct_goes_with_warn_pct(cls, data):
+        # Say why, not just "is required": in the admin a warn % alone once meant the default
+        # limits, silently; a file that gives one limit must give the one that fails.
+        if isinstance(data, dict) and data.get("warnPct") is not None and data.get("failPct") is None:
+            raise PydanticCustomError(
+                "fail_pct_with_warn_pct",
+                "a relative rule needs failPct when warnPct is given",
+                {"at": "failPct"},
+            )
+        return data
+
+
+class RuleConfig(_Section):
+    """A check on one metric of one scenario: threshold (absolute, in k6's syntax) or relative
+    (compared with the baseline, on aggregation)."""
+
+    scenario: str = Field(min_length=1, description="A scenario of this project.")
+    metric: str = Field(min_length=1, description="A k6 metric, with an optional tag filter.")
+    threshold: str = _optional('An absolute rule: a k6 threshold, like "p(95)<500".')
+    aggregation: str = Field(default="", description='A relative rule: what is compared, like "p(95)".')
+    relative: RelativeConfig = _optional("A relative rule: its limits.")
+    severity: SeverityName = Field(
+        default=Severity.KEY.value, description="key rules can block, info rules can only warn."
+    )
+    environments: list[str] = Field(
+        default_factory=list, description="Environments it applies to; empty: every one of the project."
+    )
+
+
+class ProjectConfig(_Section):
+    """A deployable service, its environments, scenarios and rules."""
+
+    slug: Slug
+    name: str = _optional("Display name; default: the slug.")
+    repository: Repository | None = Field(default=None, description="GitHub owner/name.")
+    vercel_project_id: str | None = None
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description='Hosts load tests may hit: names or wildcards like "*.vercel.app".'
+    )
+    environments: dict[EnvironmentName, EnvironmentConfig | None] | None = None
+    scenarios: list[ScenarioConfig] | None = None
+    rules: list[RuleConfig] | None = None
+
+
+class ConfigFile(_Section):
+    """perfgate.yaml: configuration as code for perfgate (manage.py apply_config)."""
+
+    model_config = ConfigDict(title="perfgate.yaml")
+
+    projects: list[ProjectConfig]
+
+
+class _SchemaGenerator(GenerateJsonSchema):
+    def field_title_should_be_set(self, schema) -> bool:
+        # A key is its own title; pydantic's would read "Failclosed".
+        return False
+
+
+def config_json_schema() -> dict:
+    """The JSON Schema of perfgate.yaml, for editors and CI linters. It says what each key may
+    be; what depends on several keys (a rule's scenario, k6 threshold syntax, the allowlist)
+    only ``apply_config`` checks."""
+    schema = ConfigFile.model_json_schema(by_alias=True, schema_generator=_SchemaGenerator)
+    return {"$schema": SCHEMA_DIALECT, **schema}
+
+
+def _place(error: dict) -> str:
+    """pydantic's location ("projects", 0, "rules", 3, "threshold") as the file's place:
+    projects[0].rules[3].threshold."""
+    loc = [part for part in error["loc"] if part != "[key]"]
+    at = (error.get("ctx") or {}).get("at")
+    if at is not None:
+        loc.append(at)
+    place = ""
+    for part in loc:
+        if isinstance(part, int):
+            place += f"[{part}]"
+        else:
+            place += f".{part}" if place else str(part)
+    return place
+
+
+def _message(error: dict) -> str:
+    """What is wrong, in the words perfgate used before pydantic read its files."""
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    if error["loc"] and error["loc"][-1] == "[key]":
+        return f"unknown key; expected {ctx.get('expected', 'another')}"
+    if kind == "value_error":
+        return str(ctx["error"])
+    if kind == "missing" or (kind == "string_too_short" and ctx.get("min_length") == 1):
+        return "is required"
+    if kind == "string_type":
+        return f"expected a string, got {type(value).__name__}"
+    if kind in ("int_type", "int_from_float", "int_parsing"):
+        return f"expected a whole number, got {value!r}"
+    if kind in ("float_type", "float_parsing"):
+        return f"expected a number, got {value!r}"
+    if kind == "finite_number":
+        return f"expected a finite number, got {value!r}"
+    if kind == "bool_type":
+        return f"expected true or false, got {value!r}"
+    if kind == "list_type":
+        return f"expected a list, got {type(value).__name__}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"expected a mapping, got {type(value).__name__}"
+    if kind == "greater_than_equal":
+        return f"must be at least {ctx['ge']:g}, got {value}"
+    if kind == "literal_error":
+        return f"expected {ctx['expected']}, got {value!r}"
+    return error["msg"]
+
+
+class _Checker:
+    """Checks what the schema cannot, and turns the file into model fields. The first problem
+    raises ConfigError; nothing is written before every project passed."""
 
     def __init__(self, source: str, base_dir: Path):
         self.source = source
@@ -95,100 +354,29 @@ class _Reader:
     def fail(self, place: str, message: str):
         raise ConfigError(self.source, place, message)
 
-    def mapping(self, value, place: str, allowed: set[str], required: tuple[str, ...] = ()) -> dict:
-        if not isinstance(value, dict):
-            self.fail(place, f"expected a mapping, got {type(value).__name__}")
-        for key in value:
-            if key not in allowed:
-                self.fail(
-                    f"{place}.{key}" if place else str(key),
-                    f"unknown key; expected one of: {', '.join(sorted(allowed))}",
-                )
-        for key in required:
-            if key not in value or value[key] in (None, ""):
-                self.fail(f"{place}.{key}" if place else key, "is required")
-        return value
-
-    def string(self, value, place: str, pattern: re.Pattern | None = None, what: str = "") -> str:
-        if not isinstance(value, str):
-            self.fail(place, f"expected a string, got {type(value).__name__}")
-        if pattern is not None and not pattern.match(value):
-            self.fail(place, f"{value!r} is not a valid {what}")
-        return value
-
-    def boolean(self, value, place: str) -> bool:
-        if not isinstance(value, bool):
-            self.fail(place, f"expected true or false, got {value!r}")
-        return value
-
-    def integer(self, value, place: str, minimum: int = 0) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(place, f"expected a whole number, got {value!r}")
-        if value < minimum:
-            self.fail(place, f"must be at least {minimum}, got {value}")
-        return value
-
-    def number(self, value, place: str, minimum: float = 0.0) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.fail(place, f"expected a number, got {value!r}")
-        if not value >= minimum:
-            self.fail(place, f"must be at least {minimum:g}, got {value}")
-        return float(value)
-
-    def seconds(self, value, place: str) -> int:
-        try:
-            seconds = parse_duration(value)
-        except ValueError as exc:
-            self.fail(place, str(exc))
-        if seconds < 1 or seconds != int(seconds):
-            self.fail(place, f"expected a whole number of seconds, at least 1s, got {value!r}")
-        return int(seconds)
-
-    def string_list(self, value, place: str) -> list[str]:
-        if not isinstance(value, list):
-            self.fail(place, f"expected a list, got {type(value).__name__}")
-        return [self.string(item, f"{place}[{i}]") for i, item in enumerate(value)]
-
-    def document(self, data) -> list[dict]:
-        if data is None:
-            self.fail("", "the file is empty")
-        data = self.mapping(data, "", {"projects"}, required=("projects",))
-        if not isinstance(data["projects"], list):
-            self.fail("projects", "expected a list of projects")
-        projects = [self.project(p, f"projects[{i}]") for i, p in enumerate(data["projects"])]
+    def document(self, config: ConfigFile) -> list[dict]:
+        projects = [self.project(p, f"projects[{i}]") for i, p in enumerate(config.projects)]
         slugs = [p["slug"] for p in projects]
         for i, slug in enumerate(slugs):
             if slug in slugs[:i]:
                 self.fail(f"projects[{i}].slug", f"project {slug!r} appears twice")
         return projects
 
-    def project(self, data, place: str) -> dict:
-        data = self.mapping(data, place, PROJECT_KEYS, required=("slug",))
-        slug = self.string(data["slug"], f"{place}.slug", SLUG, "slug (lowercase letters, digits and dashes)")
+    def project(self, config: ProjectConfig, place: str) -> dict:
         project = {
-            "slug": slug,
-            "name": self.string(data.get("name", slug), f"{place}.name"),
-            "repository": self.string(
-                data["repository"], f"{place}.repository", REPOSITORY, "GitHub repository (owner/name)"
-            )
-            if data.get("repository")
-            else "",
-            "vercel_project_id": self.string(data.get("vercelProjectId") or "", f"{place}.vercelProjectId"),
-            "allowed_hosts": self.string_list(data.get("allowedHosts", []), f"{place}.allowedHosts"),
+            "slug": config.slug,
+            "name": config.slug if config.name is None else config.name,
+            "repository": config.repository or "",
+            "vercel_project_id": config.vercel_project_id or "",
+            "allowed_hosts": list(config.allowed_hosts),
         }
-        environments = self.mapping(
-            data.get("environments") or {}, f"{place}.environments", set(Environment.Name.values)
-        )
         project["environments"] = {
-            name: self.environment(value or {}, f"{place}.environments.{name}")
-            for name, value in environments.items()
+            name: self.environment(value if value is not None else EnvironmentConfig())
+            for name, value in (config.environments or {}).items()
         }
-        scenarios = data.get("scenarios") or []
-        if not isinstance(scenarios, list):
-            self.fail(f"{place}.scenarios", "expected a list of scenarios")
         project["scenarios"] = [
             self.scenario(s, f"{place}.scenarios[{i}]", project["allowed_hosts"])
-            for i, s in enumerate(scenarios)
+            for i, s in enumerate(config.scenarios or [])
         ]
         names = [s["name"] for s in project["scenarios"]]
         for i, name in enumerate(names):
@@ -197,12 +385,9 @@ class _Reader:
         defaults = [i for i, s in enumerate(project["scenarios"]) if s["is_default"]]
         if len(defaults) > 1:
             self.fail(f"{place}.scenarios[{defaults[1]}].default", "only one scenario can be the default")
-        rule_list = data.get("rules") or []
-        if not isinstance(rule_list, list):
-            self.fail(f"{place}.rules", "expected a list of rules")
         project["rules"] = [
             self.rule(r, f"{place}.rules[{i}]", names, project["environments"])
-            for i, r in enumerate(rule_list)
+            for i, r in enumerate(config.rules or [])
         ]
         keys = [rule_identity(r) for r in project["rules"]]
         for i, key in enumerate(keys):
@@ -210,30 +395,21 @@ class _Reader:
                 self.fail(f"{place}.rules[{i}]", "the same rule appears twice")
         return project
 
-    def environment(self, data, place: str) -> dict:
-        data = self.mapping(data, place, ENVIRONMENT_KEYS)
+    def environment(self, config: EnvironmentConfig) -> dict:
         return {
-            "mode": Environment.Mode.ENFORCE
-            if self.boolean(data.get("enforce", True), f"{place}.enforce")
-            else Environment.Mode.SHADOW,
-            "fail_closed": self.boolean(data.get("failClosed", False), f"{place}.failClosed"),
-            "require_staging_pass": self.boolean(
-                data.get("requireStagingPass", False), f"{place}.requireStagingPass"
-            ),
-            "bypass_approvals": self.integer(data.get("bypassApprovals", 1), f"{place}.bypassApprovals", 1),
-            "auto_baseline": self.boolean(data.get("autoBaseline", True), f"{place}.autoBaseline"),
+            "mode": Environment.Mode.ENFORCE if config.enforce else Environment.Mode.SHADOW,
+            "fail_closed": config.fail_closed,
+            "require_staging_pass": config.require_staging_pass,
+            "bypass_approvals": config.bypass_approvals,
+            "auto_baseline": config.auto_baseline,
         }
 
-    def scenario(self, data, place: str, allowed_hosts: list[str]) -> dict:
-        data = self.mapping(data, place, SCENARIO_KEYS, required=("name",))
-        name = self.string(data["name"], f"{place}.name", SCENARIO_NAME, "scenario name")
-        tool = data.get("tool", Scenario.Tool.K6)
-        if tool not in Scenario.Tool.values:
-            self.fail(f"{place}.tool", f"expected one of {', '.join(Scenario.Tool.values)}, got {tool!r}")
-        if ("script" in data) == ("scriptText" in data):
+    def scenario(self, config: ScenarioConfig, place: str, allowed_hosts: list[str]) -> dict:
+        given = config.model_fields_set
+        if ("script" in given) == ("script_text" in given):
             self.fail(place, "give exactly one of script (a file path) or scriptText (the script inline)")
-        if "script" in data:
-            script_path = self.string(data["script"], f"{place}.script")
+        if "script" in given:
+            script_path = config.script
             path = (self.base_dir / script_path).resolve()
             try:
                 script_text = path.read_text(encoding="utf-8")
@@ -243,124 +419,106 @@ class _Reader:
                     f"cannot read {path}: {exc.strerror if isinstance(exc, OSError) else exc}",
                 )
         else:
-            script_path = ""
-            script_text = self.string(data["scriptText"], f"{place}.scriptText")
+            script_path, script_text = "", config.script_text
         if not script_text.strip():
-            self.fail(f"{place}.script", "the script is empty")
-        target_url = self.string(data.get("targetUrl", ""), f"{place}.targetUrl")
-        if target_url:
+            self.fail(f"{place}.{'script' if script_path else 'scriptText'}", "the script is empty")
+        if config.target_url:
             try:
-                check_target_url(target_url, allowed_hosts)
+                check_target_url(config.target_url, allowed_hosts)
             except TargetRefused as exc:
                 self.fail(f"{place}.targetUrl", str(exc))
-        vus = self.integer(data.get("vus", 10), f"{place}.vus", 1)
-        duration = self.seconds(data.get("duration", "30s"), f"{place}.duration")
-        max_vus = self.integer(data.get("maxVus", max(vus, 50)), f"{place}.maxVus", 1)
-        max_duration = self.seconds(data.get("maxDuration", max(duration, 300)), f"{place}.maxDuration")
-        if vus > max_vus:
-            self.fail(f"{place}.vus", f"{vus} is more than maxVus ({max_vus})")
-        if duration > max_duration:
-            self.fail(f"{place}.duration", f"{duration}s is longer than maxDuration ({max_duration}s)")
-        arrival_rate = data.get("arrivalRate")
+        max_vus = config.max_vus if "max_vus" in given else max(config.vus, 50)
+        max_duration = config.max_duration if "max_duration" in given else max(config.duration, 300)
+        if config.vus > max_vus:
+            self.fail(f"{place}.vus", f"{config.vus} is more than maxVus ({max_vus})")
+        if config.duration > max_duration:
+            self.fail(f"{place}.duration", f"{config.duration}s is longer than maxDuration ({max_duration}s)")
+        too_long = Scenario.longest_run_problem(config.warmup, max_duration)
+        if too_long:
+            self.fail(f"{place}.{'maxDuration' if 'max_duration' in given else 'duration'}", too_long)
         return {
-            "name": name,
-            "tool": tool,
+            "name": config.name,
+            "tool": config.tool,
             "script_text": script_text,
             "script_path": script_path,
-            "target_url": target_url,
-            "vus": vus,
-            "duration_seconds": duration,
+            "target_url": config.target_url,
+            "vus": config.vus,
+            "duration_seconds": config.duration,
             "max_vus": max_vus,
             "max_duration_seconds": max_duration,
-            "min_requests": self.integer(data.get("minRequests", 100), f"{place}.minRequests", 0),
-            "arrival_rate": None
-            if arrival_rate is None
-            else self.integer(arrival_rate, f"{place}.arrivalRate", 1),
-            "warmup_seconds": 0
-            if data.get("warmup") in (None, 0)
-            else self.seconds(data["warmup"], f"{place}.warmup"),
-            "is_default": self.boolean(data.get("default", False), f"{place}.default"),
+            "min_requests": config.min_requests,
+            "arrival_rate": config.arrival_rate,
+            "warmup_seconds": config.warmup,
+            "is_default": config.default,
         }
 
-    def rule(self, data, place: str, scenario_names: list[str], environments: dict) -> dict:
-        data = self.mapping(data, place, RULE_KEYS, required=("scenario", "metric"))
-        scenario = self.string(data["scenario"], f"{place}.scenario")
-        if scenario not in scenario_names:
+    def rule(self, config: RuleConfig, place: str, scenario_names: list[str], environments: dict) -> dict:
+        if config.scenario not in scenario_names:
             self.fail(
                 f"{place}.scenario",
-                f"no scenario named {scenario!r} in this project "
+                f"no scenario named {config.scenario!r} in this project "
                 f"(scenarios: {', '.join(scenario_names) or 'none'})",
             )
-        severity = data.get("severity", Severity.KEY)
-        if severity not in Severity.values:
-            self.fail(f"{place}.severity", f"expected key or info, got {severity!r}")
-        env_names = self.string_list(data.get("environments", []), f"{place}.environments")
-        for i, name in enumerate(env_names):
+        for i, name in enumerate(config.environments):
             if name not in environments:
                 self.fail(
                     f"{place}.environments[{i}]",
                     f"no environment {name!r} in this project (environments: {', '.join(environments)})",
                 )
-        metric = self.string(data["metric"], f"{place}.metric")
         rule = {
-            "scenario": scenario,
-            "metric": metric,
-            "severity": severity,
-            "environments": sorted(set(env_names)),
+            "scenario": config.scenario,
+            "metric": config.metric,
+            "severity": config.severity,
+            "environments": sorted(set(config.environments)),
             "threshold": "",
             "aggregation": "",
             "warn_pct": None,
             "fail_pct": None,
             "floor": 0.0,
-            "direction": ThresholdRule.Direction.AUTO,
+            "direction": ThresholdRule.Direction.AUTO.value,
         }
-        if ("threshold" in data) == ("relative" in data):
+        given = config.model_fields_set
+        if ("threshold" in given) == ("relative" in given):
             self.fail(
                 place, "give either threshold (an absolute rule) or relative (a comparison with the baseline)"
             )
-        if "threshold" in data:
-            if "aggregation" in data:
+        if "threshold" in given:
+            if "aggregation" in given:
                 self.fail(
                     f"{place}.aggregation",
                     "only relative rules take an aggregation; an absolute threshold names its own",
                 )
-            threshold = self.string(data["threshold"], f"{place}.threshold")
             try:
-                selector, expression = rules.validate_absolute_rule(metric, threshold)
+                selector, expression = rules.validate_absolute_rule(config.metric, config.threshold)
             except rules.RuleSyntaxError as exc:
                 self.fail(f"{place}.threshold", str(exc))
             rule.update(kind=ThresholdRule.Kind.ABSOLUTE, metric=str(selector), threshold=str(expression))
             return rule
-        relative = self.mapping(data["relative"], f"{place}.relative", RELATIVE_KEYS, required=("failPct",))
-        aggregation = self.string(data.get("aggregation", ""), f"{place}.aggregation")
-        if not aggregation:
+        relative = config.relative
+        if not config.aggregation:
             self.fail(f"{place}.aggregation", 'is required for a relative rule (e.g. "p(95)")')
+        if relative.warn_pct is not None and relative.warn_pct > relative.fail_pct:
+            self.fail(f"{place}.relative.warnPct", "must not be larger than failPct")
         rule.update(
             kind=ThresholdRule.Kind.RELATIVE,
-            aggregation=aggregation,
-            fail_pct=self.number(relative["failPct"], f"{place}.relative.failPct"),
-            warn_pct=None
-            if relative.get("warnPct") is None
-            else self.number(relative["warnPct"], f"{place}.relative.warnPct"),
-            floor=self.number(relative.get("floor", 0), f"{place}.relative.floor"),
-            direction=relative.get("direction", ThresholdRule.Direction.AUTO),
+            aggregation=config.aggregation,
+            warn_pct=relative.warn_pct,
+            fail_pct=relative.fail_pct,
+            floor=relative.floor,
+            direction=relative.direction,
         )
-        if rule["direction"] not in ThresholdRule.Direction.values:
-            self.fail(f"{place}.relative.direction", f"expected auto, up or down, got {rule['direction']!r}")
-        if rule["warn_pct"] is not None and rule["warn_pct"] > rule["fail_pct"]:
-            self.fail(f"{place}.relative.warnPct", "must not be larger than failPct")
         try:
             spec = rules.rule_from_fields(
-                label=metric,
+                label=config.metric,
                 kind=rule["kind"],
-                metric=metric,
+                metric=config.metric,
                 threshold="",
-                aggregation=aggregation,
+                aggregation=config.aggregation,
                 warn_pct=rule["warn_pct"],
                 fail_pct=rule["fail_pct"],
                 floor=rule["floor"],
                 direction=rule["direction"],
-                severity=severity,
+                severity=config.severity,
             )
         except rules.RuleSyntaxError as exc:
             self.fail(f"{place}.aggregation" if "aggregation" in str(exc) else f"{place}.metric", str(exc))
@@ -395,7 +553,15 @@ def load_config(path: str | Path) -> tuple[list[dict], str]:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(source, where, f"not valid YAML: {getattr(exc, 'problem', None) or exc}") from exc
-    return _Reader(source, path.parent).document(data), source
+    if data is None:
+        raise ConfigError(source, "", "the file is empty")
+    try:
+        config = ConfigFile.model_validate(data)
+    except ValidationError as exc:
+        # The first problem, as before: one message naming one place.
+        first = exc.errors(include_url=False)[0]
+        raise ConfigError(source, _place(first), _message(first)) from None
+    return _Checker(source, path.parent).document(config), source
 
 
 SNAPSHOT_EXCLUDE = {"id", "created_at", "updated_at", "project", "scenario"}

@@ -10,6 +10,7 @@ validation as an error, which the environment's policy turns into blocked or fai
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -22,7 +23,7 @@ from pathlib import Path
 from django.conf import settings
 from django.utils import timezone
 
-from gates import selectors
+from gates import plans, registry
 from gates.errors import InvalidState
 from gates.loadtest.follow import FollowedFile
 from gates.loadtest.k6 import K6NotFound, K6Spec, run_k6
@@ -65,15 +66,17 @@ def execute(validation_id) -> None:
         logger.info("validation %s is not queued any more; another worker has it or it ended", validation_id)
         return
     actor = worker_actor(worker)
+    scenario_run = ScenarioRun(validation, worker)
     try:
-        results = _Run(validation, worker).run()
+        results = scenario_run.run()
     except RunFailed as failure:
         validation_record_error(validation=validation, reason=str(failure), actor=actor)
         return
-    except _Stopped as stop:
-        if stop.reason:
+    except Stopped as stop:
+        reason = stop.reason or scenario_run.stop_reason
+        if reason:
             validation_record_error(
-                validation=validation, reason=stop.reason, actor=actor, action="validation.cancelled"
+                validation=validation, reason=reason, actor=actor, action="validation.cancelled"
             )
         return
     except Exception:
@@ -91,15 +94,24 @@ def execute(validation_id) -> None:
         logger.warning("validation %s ended while its test ran; its results are not used", validation_id)
 
 
-class _Stopped(Exception):
-    """The test was stopped: cancelled by ops (reason given) or its lease lost (no reason)."""
+class Stopped(Exception):
+    """The test was stopped: cancelled by ops (reason given) or its lease lost (no reason). A
+    runner that notices ``ScenarioRun.should_stop()`` raises it, with or without the reason."""
 
     def __init__(self, reason: str = ""):
         super().__init__(reason)
         self.reason = reason
 
 
-class _Run:
+class ScenarioRun:
+    """One worker's run of a validation's scenario: what a runner (``gates.registry``) gets.
+
+    A runner reads ``validation``, ``scenario`` and ``parser_needs``, calls ``tick(elapsed,
+    requests)`` often while its tool runs (it renews the lease and notices a cancel), stops when
+    ``should_stop()`` says so (raising ``Stopped``), and raises ``RunFailed`` with the reason CI
+    reads when it produced nothing usable. It sets ``estimated_completion`` when it can tell.
+    """
+
     def __init__(self, validation: Validation, worker: str):
         self.validation = validation
         self.worker = worker
@@ -107,12 +119,23 @@ class _Run:
         self.stop_reason: str | None = None  # "" when the lease was lost, a sentence when cancelled
         self.last_renewal = 0.0
         self.last_requests = (0.0, 0)
+        self.estimated_completion = None
+
+    @functools.cached_property
+    def parser_needs(self) -> tuple[list[str], list[float]]:
+        """The submetrics and percentiles the results parser must compute for the rules."""
+        return plans.parser_needs(plans.validation_rules(self.validation))
 
     def run(self) -> ResultSet:
         if self.scenario is None:
             raise RunFailed("The validation has no scenario to run.")
-        if self.scenario.tool == Scenario.Tool.GITHUB:
-            return self._github_workflow()
+        runner = registry.runner_for(self.scenario.tool)
+        if runner is None:
+            raise RunFailed(f"No runner is registered for the tool {self.scenario.tool!r} on this worker.")
+        return runner(self)
+
+    def load_test(self) -> ResultSet:
+        """The gate's own runner for k6 and Locust: the tool runs here, against the target."""
         config = self.validation.test_config or {}
         target_url = config.get("targetUrl") or self.scenario.target_url
         if not target_url:
@@ -136,39 +159,13 @@ class _Run:
         total = self.scenario.warmup_seconds + duration
         self.estimated_completion = timezone.now() + timedelta(seconds=total + 3)
         self.total_seconds = total
-        applied = selectors.validation_rules(self.validation)
-        submetrics, percentiles = selectors.parser_needs(applied)
+        submetrics, percentiles = self.parser_needs
         with tempfile.TemporaryDirectory(prefix="perfgate-run-") as workdir:
             if self.scenario.tool == Scenario.Tool.LOCUST:
                 return self._locust(target, vus, duration, Path(workdir))
             return self._k6(
                 target, vus, duration, Path(workdir), [*submetrics, UNREACHABLE_SERIES], percentiles
             )
-
-    def _github_workflow(self) -> ResultSet:
-        """The test runs in the project's performance workflow on GitHub Actions; this worker
-        follows it, holding the lease, and evaluates its results artifact."""
-        from integrations import workflows
-
-        self.estimated_completion = None
-
-        def keep_going(elapsed: float) -> bool:
-            self._tick(elapsed, 0)
-            return not self._should_stop()
-
-        applied = selectors.validation_rules(self.validation)
-        submetrics, percentiles = selectors.parser_needs(applied)
-        with tempfile.TemporaryDirectory(prefix="perfgate-workflow-") as workdir:
-            try:
-                path = workflows.run_workflow(self.validation, Path(workdir), keep_going=keep_going)
-            except workflows.WorkflowFailed as exc:
-                raise RunFailed(str(exc)) from None
-            except workflows.Stopped:
-                raise _Stopped(self.stop_reason or "") from None
-            try:
-                return parse_results(path, name=path.name, submetrics=submetrics, percentiles=percentiles)
-            except ParseError as exc:
-                raise RunFailed(f"The workflow's results could not be read: {exc}") from None
 
     def _k6(
         self, target: Target, vus: int, duration: int, workdir: Path, submetrics, percentiles
@@ -194,6 +191,7 @@ class _Run:
                     name="the raw k6 output",
                     submetrics=submetrics,
                     percentiles=percentiles,
+                    warmup_tag=spec.warmup_tag,
                 )
             except ParseError as exc:
                 parsed["error"] = exc
@@ -206,8 +204,8 @@ class _Run:
                 workdir,
                 timeout_seconds=spec.total_seconds + settings.PERFGATE_RUN_MARGIN_SECONDS,
                 binary=settings.PERFGATE_K6_BINARY,
-                should_cancel=self._should_stop,
-                on_tick=lambda elapsed: self._tick(elapsed, raw.requests),
+                should_cancel=self.should_stop,
+                on_tick=lambda elapsed: self.tick(elapsed, raw.requests),
             )
         except K6NotFound as exc:
             raise RunFailed(f"The load test could not start: {exc}.") from None
@@ -227,6 +225,9 @@ class _Run:
             )
             raise RunFailed(f"k6 produced no usable results ({detail}).")
         results = parsed["results"]
+        if results.warmup is not None:
+            # k6 ran the warm-up this long; its samples start later, as its ramp starts at 0 VUs.
+            results.warmup.seconds = float(spec.warmup_seconds)
         _check_connected(results, target)
         return results
 
@@ -235,14 +236,15 @@ class _Run:
             locustfile_text=self.scenario.script_text,
             target_url=target.url,
             users=users,
-            duration_seconds=self.scenario.warmup_seconds + duration,
+            duration_seconds=duration,
+            warmup_seconds=self.scenario.warmup_seconds,
         )
         outcome = run_locust(
             spec,
             workdir,
-            timeout_seconds=spec.duration_seconds + settings.PERFGATE_RUN_MARGIN_SECONDS,
-            should_cancel=self._should_stop,
-            on_tick=lambda elapsed, requests: self._tick(elapsed, requests or 0),
+            timeout_seconds=spec.total_seconds + settings.PERFGATE_RUN_MARGIN_SECONDS,
+            should_cancel=self.should_stop,
+            on_tick=lambda elapsed, requests: self.tick(elapsed, requests or 0),
         )
         self._raise_if_stopped(outcome.cancelled)
         if not outcome.completed:
@@ -252,10 +254,11 @@ class _Run:
             results = parse_results(outcome.stats_path, format="locust-csv", name="the Locust stats")
         except ParseError as exc:
             raise RunFailed(f"Locust produced no usable results ({exc}).") from None
+        results.warmup = outcome.warmup
         _check_connected(results, target)
         return results
 
-    def _tick(self, elapsed: float, requests: int) -> None:
+    def tick(self, elapsed: float, requests: int) -> None:
         """Every half second while the test runs: look for a cancel, renew the lease now and then."""
         state = (
             Validation.objects.filter(pk=self.validation.pk)
@@ -272,7 +275,8 @@ class _Run:
         if now - self.last_renewal < settings.PERFGATE_LEASE_RENEW_SECONDS:
             return
         then, before = self.last_requests
-        rate = (requests - before) / (elapsed - then) if elapsed > then else 0.0
+        # A tool that restarts its count when the warm-up ends (Locust) counts from zero again.
+        rate = (requests - before) / (elapsed - then) if elapsed > then and requests >= before else 0.0
         self.last_requests = (elapsed, requests)
         self.last_renewal = now
         progress = {"elapsedSeconds": round(elapsed, 1), "requests": requests, "requestRate": round(rate, 1)}
@@ -285,12 +289,12 @@ class _Run:
         ):
             self.stop_reason = ""
 
-    def _should_stop(self) -> bool:
+    def should_stop(self) -> bool:
         return self.stop_reason is not None
 
     def _raise_if_stopped(self, cancelled: bool) -> None:
         if cancelled and self.stop_reason is not None:
-            raise _Stopped(self.stop_reason)
+            raise Stopped(self.stop_reason)
 
 
 def _pins(target: Target) -> dict[str, str]:

@@ -15,19 +15,8 @@ from django.db.models import Q
 
 from gates import rules
 
-
-class Verdict(models.TextChoices):
-    PASS = "pass"  # noqa: S105 - a verdict, not a password
-    WARN = "warn"
-    FAIL = "fail"
-    INCONCLUSIVE = "inconclusive"
-    NO_BASELINE = "no_baseline", "no baseline"
-    ERROR = "error"
-
-
-class Severity(models.TextChoices):
-    KEY = "key", "key (can block)"
-    INFO = "info", "info (can only warn)"
+# Defined once, in the pure rule grammar; ``from gates.models import Verdict`` is the same enum.
+from gates.rules import Severity, Verdict
 
 
 class ConfigSourced(models.Model):
@@ -201,8 +190,31 @@ class Scenario(ConfigSourced):
             errors["duration_seconds"] = (
                 f"{self.duration_seconds}s exceeds the scenario's maximum of {self.max_duration_seconds}s."
             )
+        if self.max_duration_seconds is not None:
+            too_long = self.longest_run_problem(self.warmup_seconds or 0, self.max_duration_seconds)
+            if too_long:
+                errors["max_duration_seconds"] = too_long[0].upper() + too_long[1:] + "."
         if errors:
             raise ValidationError(errors)
+
+    @staticmethod
+    def longest_run_problem(warmup_seconds: int, max_duration_seconds: int) -> str:
+        """Why the longest run a scenario allows cannot be given to a worker, or "" when it can.
+
+        A run is one django-q2 task, killed at PERFGATE_TASK_TIMEOUT: the warm-up and the longest
+        duration a request may ask for must leave the run margin and the time to start the tool and
+        evaluate its results (``PERFGATE_LONGEST_RUN_SECONDS``).
+        """
+        longest = settings.PERFGATE_LONGEST_RUN_SECONDS
+        if warmup_seconds + max_duration_seconds <= longest:
+            return ""
+        return (
+            f"a warm-up of {warmup_seconds}s and a maximum duration of {max_duration_seconds}s do not fit "
+            f"in a worker task: runs may last at most {longest}s (PERFGATE_TASK_TIMEOUT "
+            f"{settings.PERFGATE_TASK_TIMEOUT}s, less PERFGATE_RUN_MARGIN_SECONDS "
+            f"{settings.PERFGATE_RUN_MARGIN_SECONDS:g}s and {settings.PERFGATE_TASK_HEADROOM_SECONDS}s "
+            "to start the tool and evaluate its results)"
+        )
 
 
 class ThresholdRule(ConfigSourced):
@@ -211,6 +223,10 @@ class ThresholdRule(ConfigSourced):
     Absolute rules use k6's threshold syntax (``p(95)<400`` on ``http_req_duration{name:rsvp}``);
     relative rules compare an aggregation with the active baseline. A ``key`` rule can block,
     an ``info`` rule can only warn.
+
+    A relative rule's limits: neither warn % nor fail % means the PERFGATE_RELATIVE_WARN_PCT and
+    PERFGATE_RELATIVE_FAIL_PCT settings; fail % alone means the rule never warns, it passes or
+    fails; warn % alone is refused (it cannot say where failing starts).
     """
 
     class Kind(models.TextChoices):
@@ -254,7 +270,7 @@ class ThresholdRule(ConfigSourced):
         help_text="Relative rules: ignore changes smaller than this, in the metric's unit (5 = 5 ms).",
     )
     direction = models.CharField(max_length=4, choices=Direction.choices, default=Direction.AUTO)
-    severity = models.CharField(max_length=4, choices=Severity.choices, default=Severity.KEY)
+    severity = models.CharField(max_length=4, choices=Severity.choices, default=Severity.KEY.value)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -271,7 +287,11 @@ class ThresholdRule(ConfigSourced):
             return f"{self.metric} {self.aggregation} relative"
         return f"{self.metric}: {self.threshold}"
 
+    WARN_WITHOUT_FAIL = "A relative rule needs fail % when warn % is given"
+
     def clean(self):
+        if self.kind == self.Kind.RELATIVE and self.warn_pct is not None and self.fail_pct is None:
+            raise ValidationError({"fail_pct": self.WARN_WITHOUT_FAIL + "."})
         try:
             self.to_spec()
         except rules.RuleSyntaxError as exc:
@@ -284,14 +304,20 @@ class ThresholdRule(ConfigSourced):
 
     def to_spec(self) -> "rules.AbsoluteRule | rules.RelativeRule":
         """The pure rule the engine evaluates; raises RuleSyntaxError for a bad expression."""
+        warn_pct, fail_pct = self.warn_pct, self.fail_pct
+        if self.kind == self.Kind.RELATIVE and fail_pct is None:
+            if warn_pct is not None:
+                # Never the default fail % under a warn % of the rule's own: it may be below it.
+                raise rules.RuleSyntaxError(f"{self.WARN_WITHOUT_FAIL} (rule {self.label})")
+            warn_pct, fail_pct = settings.PERFGATE_RELATIVE_WARN_PCT, settings.PERFGATE_RELATIVE_FAIL_PCT
         return rules.rule_from_fields(
             label=self.label,
             kind=self.kind,
             metric=self.metric,
             threshold=self.threshold,
             aggregation=self.aggregation,
-            warn_pct=self.warn_pct if self.fail_pct is not None else settings.PERFGATE_RELATIVE_WARN_PCT,
-            fail_pct=self.fail_pct if self.fail_pct is not None else settings.PERFGATE_RELATIVE_FAIL_PCT,
+            warn_pct=warn_pct,
+            fail_pct=fail_pct,
             floor=self.floor,
             direction=self.direction,
             severity=self.severity,
@@ -393,6 +419,16 @@ class Validation(models.Model):
     @property
     def is_pending(self) -> bool:
         return self.status in self.PENDING_STATUSES
+
+    @property
+    def live_progress(self) -> dict | None:
+        """Progress while the test runs; afterwards it is history, and the times tell it."""
+        return (self.progress or None) if self.status == self.Status.RUNNING else None
+
+    @property
+    def live_estimated_completion(self):
+        """When the test should be done, while it is pending; None once it ended."""
+        return self.estimated_completion if self.is_pending else None
 
 
 class Run(models.Model):
@@ -615,10 +651,6 @@ class BypassRequest(models.Model):
 
     def __str__(self):
         return f"bypass of {self.project.slug}/{self.environment.name} {self.build_id}"
-
-    @property
-    def is_open(self) -> bool:
-        return self.status == self.Status.PENDING
 
 
 class BypassApproval(models.Model):

@@ -1,26 +1,44 @@
-"""Who may see and do what, per project.
+"""Who may see and do what, per project: the one rule the admin, the services and the API ask.
 
 Rights on a project are django-guardian object permissions given in the project's admin page:
-``approve_bypass``, ``block_deployment``, ``change_thresholds``, ``trigger_rollback``. Holding any
-of them makes the project visible to an ops user; a model-wide permission of the same name
-applies to every project. Auditors (``view_every_project``) see every project and change nothing.
+``approve_bypass``, ``block_deployment``, ``change_thresholds``, ``trigger_rollback``. A
+model-wide permission of the same name applies to every project; an active superuser holds every
+right. Holding any right on a project makes it visible to an ops user. Auditors
+(``view_every_project``) see every project and hold no right, so they change nothing.
+
+``may`` answers for one project and ``projects_where`` for all of them, with the same answer
+for every (user, right, project), so the admin offers an action exactly where the service behind
+it accepts. Services enforce the rule (the admin only hides what a user may not do): those
+given a user ask ``may``, those given an ``Actor`` call ``require_right``. API tokens are
+authorised by their role in the API layer; the command line, workers and perfgate itself act
+with the machine's authority.
 """
 
 from __future__ import annotations
 
+from django.contrib.auth import get_user_model
 from guardian.shortcuts import get_objects_for_user
 
+from gates.errors import NotPermitted
 from gates.models import Project
 
 PROJECT_RIGHTS = ("approve_bypass", "block_deployment", "change_thresholds", "trigger_rollback")
 
 
+def _known(right: str) -> None:
+    # A misspelt right would be refused to everyone but superusers: a bug no one would notice.
+    if right not in PROJECT_RIGHTS:
+        raise ValueError(f"Unknown project right {right!r}; the rights are {', '.join(PROJECT_RIGHTS)}.")
+
+
 def sees_every_project(user) -> bool:
-    return user.is_superuser or user.has_perm("gates.view_every_project")
+    return user.is_active and (user.is_superuser or user.has_perm("gates.view_every_project"))
 
 
 def visible_projects(user):
     """The projects a user may see in the admin."""
+    if not user.is_active:
+        return Project.objects.none()
     if sees_every_project(user) or any(user.has_perm(f"gates.{right}") for right in PROJECT_RIGHTS):
         return Project.objects.all()
     return get_objects_for_user(
@@ -34,17 +52,43 @@ def visible_projects(user):
 
 
 def may(user, right: str, project: Project) -> bool:
-    """Whether ``user`` holds ``right`` on ``project`` (on it, or on every project)."""
+    """Whether ``user`` holds ``right`` on ``project`` (on it, or on every project).
+
+    Guardian's object check ignores model-wide permissions, so both are asked: a model-wide
+    ``approve_bypass`` counts on every project, here and in every service that asks this.
+    """
+    _known(right)
     return user.is_active and (user.has_perm(f"gates.{right}") or user.has_perm(f"gates.{right}", project))
 
 
 def projects_where(user, right: str):
-    """The projects on which ``user`` holds ``right``."""
+    """The projects on which ``user`` holds ``right``: exactly those where ``may`` says yes."""
+    _known(right)
+    if not user.is_active:
+        return Project.objects.none()
     if user.is_superuser or user.has_perm(f"gates.{right}"):
         return Project.objects.all()
     return get_objects_for_user(
         user, f"gates.{right}", klass=Project, with_superuser=False, accept_global_perms=False
     )
+
+
+def require_right(actor, right: str, project: Project, *, to: str) -> None:
+    """Refuse a person who lacks ``right`` on ``project`` with ``NotPermitted``; ``to`` says what
+    they tried ("revoke tokens"). A person's actor is made by ``Actor.for_user`` and carries
+    their id; an id that names no user any more is refused too.
+
+    Anyone else is let through: API tokens were authorised by their role before the service was
+    called, and the command line, workers and perfgate itself act with the machine's authority.
+    An ``Actor("user", name)`` made without an id (a test's shorthand) names nobody to check.
+    """
+    if actor.kind != "user" or actor.user_id is None:
+        return
+    person = get_user_model().objects.filter(pk=actor.user_id).first()
+    if person is None or not may(person, right, project):
+        raise NotPermitted(
+            f"{actor.name} may not {to} of {project.slug}: that needs the {right} right on the project."
+        )
 
 
 OPS_PERMISSIONS = {

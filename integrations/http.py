@@ -8,8 +8,10 @@ first and delivered by a task, with backoff between attempts.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import json
+import math
 import time
 from dataclasses import dataclass
 
@@ -48,22 +50,44 @@ class Reply:
 
 def wait_asked_for(headers, now: float | None = None) -> float | None:
     """Seconds to wait, from ``Retry-After`` (seconds or an HTTP date) or GitHub's rate-limit
-    headers (``x-ratelimit-remaining: 0`` with ``x-ratelimit-reset``, epoch seconds)."""
+    headers (``x-ratelimit-remaining: 0`` with ``x-ratelimit-reset``, epoch seconds).
+
+    A value that is neither (``Retry-After: soon``, ``inf``) is ignored: the caller's own backoff
+    applies, and a garbled header from the other side never breaks delivery."""
     now = time.time() if now is None else now
     value = headers.get("Retry-After")
     if value:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            parsed = email.utils.parsedate_to_datetime(value) if value else None
-            if parsed is not None:
-                return max(0.0, parsed.timestamp() - now)
+        wait = _seconds(value)
+        if wait is None:
+            wait = _until(value, now)
+        if wait is not None:
+            return wait
     if headers.get("x-ratelimit-remaining") == "0" and headers.get("x-ratelimit-reset"):
-        try:
-            return max(0.0, float(headers["x-ratelimit-reset"]) - now)
-        except ValueError:
-            return None
+        reset = _seconds(headers["x-ratelimit-reset"])
+        return None if reset is None else max(0.0, reset - now)
     return None
+
+
+def _seconds(value: str) -> float | None:
+    """A finite, non-negative number of seconds, or None."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _until(value: str, now: float) -> float | None:
+    """Seconds from ``now`` until an HTTP date (never negative), or None when it is not one."""
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if moment is None:
+        return None
+    if moment.tzinfo is None:  # "-0000": UTC, with no claim about the sender's zone
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return max(0.0, moment.timestamp() - now)
 
 
 def _message(raw: bytes) -> str:

@@ -199,10 +199,15 @@ class GitHubObject(models.Model):
 
 class WebhookDelivery(models.Model):
     """A received, signature-checked webhook: stored once per delivery id (GitHub redelivers
-    with the same one) and processed by a task."""
+    with the same one) and processed by a task.
+
+    The task claims it (``queued`` → ``processing`` until ``claimed_until``) and marks it
+    ``processed`` in the same transaction as the work's writes: a worker that dies mid-way leaves
+    it ``processing`` with nothing done, and once the claim expires it is taken again."""
 
     class State(models.TextChoices):
         QUEUED = "queued"
+        PROCESSING = "processing"
         PROCESSED = "processed"
         IGNORED = "ignored"
         FAILED = "failed"
@@ -216,6 +221,7 @@ class WebhookDelivery(models.Model):
     result = models.TextField(blank=True)
     received_at = models.DateTimeField(auto_now_add=True)
     processed_at = models.DateTimeField(null=True, blank=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name_plural = "webhook deliveries"

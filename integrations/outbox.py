@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -19,6 +20,7 @@ from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Min, Q
 from django.utils import timezone
+from django_q.tasks import async_task
 
 from integrations import http
 from integrations.models import OutboundCall
@@ -74,12 +76,20 @@ def _claim(call_id: int, now) -> OutboundCall | None:
     return OutboundCall.objects.get(pk=call_id) if claimed else None
 
 
-def _deliverer(provider: str):
-    if provider == "github":
-        from integrations.github import deliver
+_deliverers: dict[str, Callable[[OutboundCall], None]] = {}
 
-        return deliver
-    raise http.Refused(f"No deliverer for provider {provider!r}.")
+
+def register_deliverer(provider: str, deliver: Callable[[OutboundCall], None]) -> None:
+    """How the calls recorded for ``provider`` are sent (each integration registers its own in
+    ``IntegrationsConfig.ready``). ``deliver`` raises ``http.TryLater`` or ``http.Refused``."""
+    _deliverers[provider] = deliver
+
+
+def _deliverer(provider: str) -> Callable[[OutboundCall], None]:
+    deliver = _deliverers.get(provider)
+    if deliver is None:
+        raise http.Refused(f"No deliverer for provider {provider!r}.")
+    return deliver
 
 
 def deliver_one(call: OutboundCall) -> str:
@@ -173,6 +183,4 @@ def deliver_queued() -> Delivered:
 
 def queue_delivery() -> None:
     """After commit: a task delivers what was just recorded (the schedule catches the rest)."""
-    from django_q.tasks import async_task
-
     async_task("integrations.tasks.outbox_deliver", task_name="deliver outbox", group="outbox")

@@ -1,4 +1,12 @@
-"""Token state changes: making and revoking API tokens, each audited."""
+"""Token state changes: making and revoking API tokens, each audited.
+
+Tokens are part of a project's configuration, so a person manages them with the right that
+guards the rest of it, ``change_thresholds`` on the token's project (``gates.permissions``; a
+superuser holds every right). That is ops' right and never an auditor's. A token that can block
+deployments (role ``ops``, or ``can_block``) also needs ``block_deployment``: nobody makes a token
+that may do what they may not. The command line (``create_api_token``) runs with the machine's
+authority and is not asked.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,7 @@ from django.utils import timezone
 from gates.audit import Actor, audit_record
 from gates.errors import ServiceError
 from gates.models import Project
+from gates.permissions import require_right
 from integrations.auth import forget_token
 from integrations.models import TOKEN_PREFIX, ApiToken, generate_token, hash_token
 
@@ -29,7 +38,11 @@ def token_create(
     can_block: bool = False,
 ) -> tuple[ApiToken, str]:
     """Make a token: (the row, the plaintext token). The plaintext is not stored anywhere:
-    whoever asked must copy it now."""
+    whoever asked must copy it now. A person needs ``change_thresholds`` on the project, and
+    ``block_deployment`` too for a token that can block."""
+    require_right(actor, "change_thresholds", project, to="make tokens")
+    if role == ApiToken.Role.OPS or can_block:
+        require_right(actor, "block_deployment", project, to="make tokens that can block builds")
     if role not in ApiToken.Role.values:
         raise ServiceError(
             f"Unknown role {role!r}; use one of {', '.join(ApiToken.Role.values)}.",
@@ -82,7 +95,9 @@ def token_create(
 
 @transaction.atomic
 def token_revoke(*, token: ApiToken, actor: Actor, reason: str = "") -> ApiToken:
-    """Stop a token from working, at once and for good."""
+    """Stop a token from working, at once and for good. A person needs ``change_thresholds`` on
+    the token's project: revoking is managing the project's configuration, like making one."""
+    require_right(actor, "change_thresholds", token.project, to="revoke tokens")
     if token.revoked_at is not None:
         return token
     token.revoked_at = timezone.now()

@@ -10,3 +10,8 @@ def outbox_deliver() -> str:
 
 def webhook_process(delivery_pk: int) -> str:
     return webhooks.webhook_process(delivery_pk)
+
+
+def webhook_process_abandoned() -> int:
+    """Scheduled: process webhook deliveries whose worker died or whose task was lost."""
+    return webhooks.webhook_process_abandoned()

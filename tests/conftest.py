@@ -1,7 +1,8 @@
 """Shared personas and a configured project for every test.
 
-Personas: ``ops`` and ``second_ops`` (operators of the project), ``auditor`` (view-only) and
-``admin`` (superuser). The ``project`` fixture is the sample wedding platform with staging and
+Personas: ``ops`` and ``second_ops`` (operators of the project), ``auditor`` (view-only;
+``auditor_client`` is the admin as that auditor, in the auditors group) and ``admin``
+(superuser). The ``project`` fixture is the sample wedding platform with staging and
 production, one k6 scenario and the usual rules.
 """
 
@@ -57,6 +58,17 @@ def second_ops(db):
 @pytest.fixture
 def auditor(db):
     return get_user_model().objects.create_user("audrey-auditor", password="x", is_staff=True)
+
+
+@pytest.fixture
+def auditor_client(client, auditor):
+    """The admin, logged in as the auditor: in the auditors group, which views everything (every
+    project included) and holds no right on any project."""
+    from django.contrib.auth.models import Group
+
+    auditor.groups.add(Group.objects.get(name="auditors"))
+    client.force_login(auditor)
+    return client
 
 
 @pytest.fixture

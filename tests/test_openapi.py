@@ -13,16 +13,16 @@ from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
 
-from gates.services import validation_create, validation_evaluate
+from gates.services import validation_evaluate
 from tests.conftest import make_token
-from tests.factories import make_results
+from tests.factories import make_results, make_validation
 
 
 @pytest.fixture
 def ops_token(project, ops, actor):
     # Something to find: a passed, a blocked and a queued validation.
     for build, p95 in (("gha-1", 200.0), ("gha-2", 9000.0)):
-        validation, _ = validation_create(
+        validation, _ = make_validation(
             project=project,
             environment=project.environments.get(name="staging"),
             build_id=build,
@@ -30,7 +30,7 @@ def ops_token(project, ops, actor):
             actor=actor,
         )
         validation_evaluate(validation=validation, results=make_results(p95=p95), actor=actor)
-    validation_create(
+    make_validation(
         project=project,
         environment=project.environments.get(name="production"),
         build_id="gha-3",

@@ -3,10 +3,12 @@ and scoping to the projects a user may see."""
 
 from django.contrib import admin, messages
 from django.db import transaction
+from django.http import HttpResponseRedirect
 from django.utils.html import format_html
 
 from gates.audit import Actor, audit_record
 from gates.config import config_snapshot
+from gates.errors import ServiceError
 from gates.models import Environment, Project
 from gates.permissions import may, projects_where, sees_every_project, visible_projects
 
@@ -45,6 +47,19 @@ class ReadOnlyAdminMixin:
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class ServiceFormMixin:
+    """For admins whose form is saved by a service: a refusal (``ServiceError``: a missing right,
+    a state that no longer allows it) comes back as a message on the form's page, not as a server
+    error. The admin's transaction, and the service's with it, has rolled back."""
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except ServiceError as exc:
+            self.message_user(request, exc.detail, messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
 
 
 class ConfigSourceMixin:
@@ -118,8 +133,8 @@ def _project_slug(obj) -> str:
 
 class ProjectScopedMixin:
     """Shows each user the rows of the projects they may see, and lets them change a row only
-    with ``change_right`` on its project. Choices of project (and of rows tied to a project) in
-    forms are limited the same way."""
+    with ``change_right`` on its project (``gates.permissions.may``). Choices of project (and of
+    rows tied to a project) in forms are limited the same way (``projects_where``)."""
 
     project_path = "project"
     change_right = "change_thresholds"
@@ -142,9 +157,12 @@ class ProjectScopedMixin:
         return may(request.user, self.change_right, self._project_of(obj))
 
     def has_delete_permission(self, request, obj=None):
+        # Without an object this decides whether "Delete selected" is offered at all.
         allowed = super().has_delete_permission(request, obj)
-        if not allowed or obj is None:
-            return allowed
+        if not allowed:
+            return False
+        if obj is None:
+            return projects_where(request.user, self.change_right).exists()
         return may(request.user, self.change_right, self._project_of(obj))
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):

@@ -2,6 +2,7 @@
 rules. Every edit is audited with its before and after."""
 
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from guardian.admin import GuardedModelAdmin
 
 from gates.admin.base import ConfigSourceMixin, ProjectScopedMixin
@@ -50,6 +51,30 @@ class ProjectAdmin(ConfigSourceMixin, ProjectScopedMixin, GuardedModelAdmin):
         if sees_every_project(request.user):
             return queryset
         return queryset.filter(pk__in=visible_projects(request.user))
+
+    # Guardian lets anyone who may change projects give rights on them, themselves included:
+    # whoever could edit a project could then approve its bypasses. Only superusers give rights.
+    def _refuse_unless_superuser(self, request):
+        if not (request.user.is_active and request.user.is_superuser):
+            raise PermissionDenied
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        response = super().render_change_form(request, context, add, change, form_url, obj)
+        if not request.user.is_superuser:
+            response.template_name = "admin/change_form.html"  # without the "Object permissions" button
+        return response
+
+    def obj_perms_manage_view(self, request, object_pk):
+        self._refuse_unless_superuser(request)
+        return super().obj_perms_manage_view(request, object_pk)
+
+    def obj_perms_manage_user_view(self, request, object_pk, user_id):
+        self._refuse_unless_superuser(request)
+        return super().obj_perms_manage_user_view(request, object_pk, user_id)
+
+    def obj_perms_manage_group_view(self, request, object_pk, group_id):
+        self._refuse_unless_superuser(request)
+        return super().obj_perms_manage_group_view(request, object_pk, group_id)
 
 
 @admin.register(Environment)

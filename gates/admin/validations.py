@@ -3,16 +3,18 @@ that call the services."""
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import PermissionDenied
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from gates.admin.base import ProjectScopedMixin, ReadOnlyAdminMixin, badge
+from gates.admin.base import ProjectScopedMixin, ReadOnlyAdminMixin, ServiceFormMixin, badge
 from gates.audit import Actor
 from gates.errors import ServiceError
 from gates.models import BypassApproval, BypassRequest, CheckResult, Validation
 from gates.permissions import may, projects_where
 from gates.services import bypass_approve, bypass_reject, bypass_request, validation_cancel
+from gates.services.bypasses import bypass_refusal
 
 
 class CheckResultInline(ReadOnlyAdminMixin, admin.TabularInline):
@@ -48,8 +50,13 @@ class ValidationAdmin(ReadOnlyAdminMixin, ProjectScopedMixin, admin.ModelAdmin):
 
     actions = ["cancel"]
 
-    @admin.action(description="Cancel the selected queued or running validations", permissions=["view"])
+    def has_cancel_permission(self, request):
+        return projects_where(request.user, "block_deployment").exists()
+
+    @admin.action(description="Cancel the selected queued or running validations", permissions=["cancel"])
     def cancel(self, request, queryset):
+        """Needs ``block_deployment`` on each validation's project: stopping a test ends the
+        validation as an error, which blocks it in a fail-closed environment."""
         for validation in queryset.select_related("project"):
             if not may(request.user, "block_deployment", validation.project):
                 self.message_user(
@@ -179,9 +186,10 @@ class BypassRequestForm(forms.ModelForm):
 
 
 @admin.register(BypassRequest)
-class BypassRequestAdmin(ProjectScopedMixin, admin.ModelAdmin):
+class BypassRequestAdmin(ServiceFormMixin, ProjectScopedMixin, admin.ModelAdmin):
     """Bypass requests: ops with ``approve_bypass`` on the project approve or reject them with
-    the actions; nobody edits a request or its decision."""
+    the actions; nobody edits a request or its decision. The actions are offered, and each row
+    says whether you may decide it, by asking the services' own ``bypass_refusal``."""
 
     change_right = "approve_bypass"
     list_display = (
@@ -230,6 +238,16 @@ class BypassRequestAdmin(ProjectScopedMixin, admin.ModelAdmin):
         url = reverse("admin:gates_validation_change", args=[obj.validation_id])
         return format_html('<a href="{}">{}</a>', url, obj.validation)
 
+    def get_list_display(self, request):
+        @admin.display(description="your decision")
+        def your_decision(bypass):
+            if bypass.status != BypassRequest.Status.PENDING:
+                return "—"
+            refusal = bypass_refusal(bypass=bypass, user=request.user)
+            return "you may approve" if refusal is None else refusal.detail
+
+        return (*super().get_list_display(request), your_decision)
+
     def get_form(self, request, obj=None, **kwargs):
         if obj is None:
             kwargs["form"] = BypassRequestForm
@@ -260,24 +278,38 @@ class BypassRequestAdmin(ProjectScopedMixin, admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
-    def has_approve_permission(self, request):
+    def has_add_permission(self, request):
+        asking = projects_where(request.user, "block_deployment")
+        return super().has_add_permission(request) and asking.exists()
+
+    def _open_requests_decidable(self, request, *, approving: bool) -> bool:
+        """Whether the user may decide at least one open request, by the services' own rule."""
+        candidates = BypassRequest.objects.filter(
+            status=BypassRequest.Status.PENDING,
+            expires_at__gt=timezone.now(),
+            project__in=projects_where(request.user, "approve_bypass"),
+        ).select_related("project")
         return any(
-            may(request.user, "approve_bypass", p) for p in projects_where(request.user, "approve_bypass")
+            bypass_refusal(bypass=bypass, user=request.user, approving=approving) is None
+            for bypass in candidates
         )
+
+    def has_approve_permission(self, request):
+        return self._open_requests_decidable(request, approving=True)
+
+    def has_reject_permission(self, request):
+        return self._open_requests_decidable(request, approving=False)
 
     def save_model(self, request, obj, form, change):
         if change:
             raise PermissionDenied
-        try:
-            bypass = bypass_request(
-                validation=form.cleaned_data["validation"],
-                justification=form.cleaned_data["justification"],
-                ticket_url=form.cleaned_data["ticket_url"],
-                expires_in_minutes=form.cleaned_data["expires_in_minutes"],
-                actor=Actor.for_user(request.user),
-            )
-        except ServiceError as exc:
-            raise ValidationError(exc.detail) from exc
+        bypass = bypass_request(
+            validation=form.cleaned_data["validation"],
+            justification=form.cleaned_data["justification"],
+            ticket_url=form.cleaned_data["ticket_url"],
+            expires_in_minutes=form.cleaned_data["expires_in_minutes"],
+            actor=Actor.for_user(request.user),
+        )
         # The admin goes on with `obj` (its message, its redirect): make it the row just created.
         for field in BypassRequest._meta.concrete_fields:
             setattr(obj, field.attname, getattr(bypass, field.attname))
@@ -300,7 +332,7 @@ class BypassRequestAdmin(ProjectScopedMixin, admin.ModelAdmin):
                     messages.WARNING,
                 )
 
-    @admin.action(description="Reject the selected bypass requests", permissions=["approve"])
+    @admin.action(description="Reject the selected bypass requests", permissions=["reject"])
     def reject(self, request, queryset):
         for bypass in queryset.select_related("project"):
             try:

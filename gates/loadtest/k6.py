@@ -8,7 +8,8 @@ from the raw output.
 
 The script ops registered runs unchanged under a small wrapper module that re-exports it and
 replaces its load options with the scenario's (VUs or arrival rate, duration, warm-up) and pins
-the target host to the addresses perfgate checked.
+the target host to the addresses perfgate checked. The warm-up's samples are tagged
+(:data:`WARMUP_TAG`) so that they can be left out of the numbers.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ TREND_STATS = "avg,min,med,max,p(90),p(95),p(99),count"
 # k6 exits 99 when its own thresholds fail; for the gate that is just a finished run.
 K6_THRESHOLDS_FAILED = 99
 STOP_GRACE_SECONDS = 5
+# The tag every sample of the warm-up scenario carries (k6 adds a scenario's tags to its samples).
+WARMUP_TAG = ("perfgate_phase", "warmup")
 
 WRAPPER = """// Written by perfgate: the registered script, with the scenario's load profile.
 import * as registered from './script.js';
@@ -63,6 +66,11 @@ class K6Spec:
     def total_seconds(self) -> int:
         return self.warmup_seconds + self.duration_seconds
 
+    @property
+    def warmup_tag(self) -> tuple[str, str] | None:
+        """The tag that marks the warm-up's samples in the raw output (None: no warm-up)."""
+        return WARMUP_TAG if self.warmup_seconds else None
+
 
 @dataclass
 class K6Outcome:
@@ -96,44 +104,48 @@ def clean_environment(workdir: Path, target_url: str) -> dict[str, str]:
 
 
 def scenarios(spec: K6Spec) -> dict:
-    """k6 scenarios for the load profile: closed (VUs) or open (arrival rate), with warm-up."""
+    """k6 scenarios for the load profile: closed (VUs) or open (arrival rate).
+
+    A warm-up is a scenario of its own that ramps up to the load and is then cut off; the
+    measured scenario starts when it ends. Every sample of the warm-up carries
+    :data:`WARMUP_TAG`, so the parser leaves it out of the numbers.
+    """
     duration = f"{spec.duration_seconds}s"
+    max_vus = max(spec.max_vus or spec.vus, spec.vus)
     if spec.arrival_rate:
-        max_vus = max(spec.max_vus or spec.vus, spec.vus)
-        if spec.warmup_seconds:
-            measure = {
-                "executor": "ramping-arrival-rate",
-                "startRate": 0,
-                "timeUnit": "1s",
-                "preAllocatedVUs": spec.vus,
-                "maxVUs": max_vus,
-                "stages": [
-                    {"duration": f"{spec.warmup_seconds}s", "target": spec.arrival_rate},
-                    {"duration": duration, "target": spec.arrival_rate},
-                ],
-            }
-        else:
-            measure = {
-                "executor": "constant-arrival-rate",
-                "rate": spec.arrival_rate,
-                "timeUnit": "1s",
-                "duration": duration,
-                "preAllocatedVUs": spec.vus,
-                "maxVUs": max_vus,
-            }
-    elif spec.warmup_seconds:
         measure = {
-            "executor": "ramping-vus",
-            "startVUs": 0,
-            "gracefulRampDown": "0s",
-            "stages": [
-                {"duration": f"{spec.warmup_seconds}s", "target": spec.vus},
-                {"duration": duration, "target": spec.vus},
-            ],
+            "executor": "constant-arrival-rate",
+            "rate": spec.arrival_rate,
+            "timeUnit": "1s",
+            "duration": duration,
+            "preAllocatedVUs": spec.vus,
+            "maxVUs": max_vus,
         }
     else:
         measure = {"executor": "constant-vus", "vus": spec.vus, "duration": duration}
-    return {"measure": measure}
+    if not spec.warmup_seconds:
+        return {"measure": measure}
+    warmup_duration = f"{spec.warmup_seconds}s"
+    if spec.arrival_rate:
+        warmup = {
+            "executor": "ramping-arrival-rate",
+            "startRate": 0,
+            "timeUnit": "1s",
+            "preAllocatedVUs": spec.vus,
+            "maxVUs": max_vus,
+            "stages": [{"duration": warmup_duration, "target": spec.arrival_rate}],
+        }
+    else:
+        warmup = {
+            "executor": "ramping-vus",
+            "startVUs": 0,
+            "gracefulRampDown": "0s",
+            "stages": [{"duration": warmup_duration, "target": spec.vus}],
+        }
+    # Iterations still running when the warm-up ends are interrupted, so that none of its load
+    # overlaps the measured part.
+    warmup.update(gracefulStop="0s", tags={WARMUP_TAG[0]: WARMUP_TAG[1]})
+    return {"warmup": warmup, "measure": {**measure, "startTime": warmup_duration}}
 
 
 def write_scripts(spec: K6Spec, workdir: Path) -> Path:

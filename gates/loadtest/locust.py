@@ -3,11 +3,16 @@
 The locustfile ops registered runs in a temporary directory with a clean environment; the target
 is given as Locust's host (and as TARGET_URL). Locust rewrites its stats CSV every few seconds,
 which is where progress comes from.
+
+A warm-up ramps the users up (spawn rate: users over the warm-up) and is then left out: a small
+second locustfile perfgate adds resets Locust's statistics when the warm-up ends, after writing
+down how long it ran and how many requests it made. The CSV then holds the measured part only.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import signal
 import sys
 from collections.abc import Callable
@@ -15,8 +20,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gates.loadtest import process
+from gates.results.base import Warmup
 
 STOP_GRACE_SECONDS = 10
+WARMUP_RECORD = "perfgate-warmup.json"
+WARMUP_LOCUSTFILE = """# Written by perfgate: ends the warm-up by resetting the statistics.
+import json
+import time
+
+import gevent
+from locust import events
+
+
+@events.test_start.add_listener
+def _perfgate_warmup(environment, **kwargs):
+    started = time.monotonic()
+
+    def end_warmup():
+        total = environment.stats.total
+        record = {{"seconds": time.monotonic() - started, "requests": total.num_requests}}
+        environment.stats.reset_all()
+        with open({record!r}, "w") as out:
+            json.dump(record, out)
+
+    gevent.spawn_later({seconds}, end_warmup)
+"""
 
 
 @dataclass(frozen=True)
@@ -24,8 +52,13 @@ class LocustSpec:
     locustfile_text: str
     target_url: str
     users: int
-    duration_seconds: int
+    duration_seconds: int  # measured, after the warm-up
     spawn_rate: float | None = None
+    warmup_seconds: int = 0
+
+    @property
+    def total_seconds(self) -> int:
+        return self.warmup_seconds + self.duration_seconds
 
 
 @dataclass
@@ -36,6 +69,7 @@ class LocustOutcome:
     timed_out: bool = False
     cancelled: bool = False
     stderr_tail: str = ""
+    warmup: Warmup | None = None  # None: the scenario had none
 
     @property
     def completed(self) -> bool:
@@ -57,6 +91,18 @@ def requests_so_far(stats_path: Path) -> int | None:
     return None
 
 
+def read_warmup(workdir: Path, warmup_seconds: int) -> Warmup | None:
+    """What the warm-up did, as the warm-up locustfile wrote it down; a run that ended before
+    its warm-up did was measured whole, warm-up included."""
+    if not warmup_seconds:
+        return None
+    try:
+        record = json.loads((workdir / WARMUP_RECORD).read_text())
+        return Warmup(seconds=float(record["seconds"]), requests=int(record["requests"]), excluded=True)
+    except (OSError, ValueError, KeyError, TypeError):
+        return Warmup(seconds=float(warmup_seconds), requests=None, excluded=False)
+
+
 def run_locust(
     spec: LocustSpec,
     workdir: Path,
@@ -68,20 +114,30 @@ def run_locust(
 ) -> LocustOutcome:
     workdir = Path(workdir)
     (workdir / "locustfile.py").write_text(spec.locustfile_text, encoding="utf-8")
+    locustfiles = str(workdir / "locustfile.py")
+    spawn_rate = spec.spawn_rate or spec.users
+    if spec.warmup_seconds:
+        warmup_file = workdir / "perfgate_warmup.py"
+        warmup_file.write_text(
+            WARMUP_LOCUSTFILE.format(record=str(workdir / WARMUP_RECORD), seconds=spec.warmup_seconds),
+            encoding="utf-8",
+        )
+        locustfiles += f",{warmup_file}"
+        spawn_rate = spec.spawn_rate or spec.users / spec.warmup_seconds
     prefix = workdir / "locust"
     command = [
         sys.executable,
         "-m",
         "locust",
         "-f",
-        str(workdir / "locustfile.py"),
+        locustfiles,
         "--headless",
         "-u",
         str(spec.users),
         "-r",
-        str(spec.spawn_rate or spec.users),
+        str(spawn_rate),
         "-t",
-        f"{spec.duration_seconds}s",
+        f"{spec.total_seconds}s",
         "--host",
         spec.target_url,
         "--csv",
@@ -111,4 +167,5 @@ def run_locust(
         timed_out=run.timed_out,
         cancelled=run.cancelled,
         stderr_tail=run.stderr_tail,
+        warmup=read_warmup(workdir, spec.warmup_seconds),
     )

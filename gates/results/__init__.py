@@ -97,14 +97,17 @@ def parse_results(
     name: str | None = None,
     submetrics: Iterable[str] = (),
     percentiles: Iterable[float] = (),
+    warmup_tag: tuple[str, str] | None = None,
 ) -> ResultSet:
     """Read a results file or binary stream into a :class:`ResultSet`.
 
     ``format`` is one of :data:`FORMATS`, detected from the content when omitted. ``name`` is what
     error messages call the file (default: the path, or ``"<results>"``). ``submetrics`` are k6
     selectors the caller needs (``"http_req_duration{name:guests}"``); ``percentiles`` are extra
-    trend percentiles for raw formats (99.9 → ``p(99.9)``). Invalid ``format``, ``submetrics`` or
-    ``percentiles`` are the caller's mistake (``ValueError``); invalid input is a ``ParseError``.
+    trend percentiles for raw formats (99.9 → ``p(99.9)``). ``warmup_tag`` (k6 NDJSON only) is the
+    ``(key, value)`` tag of warm-up points, left out of the numbers. Invalid ``format``,
+    ``submetrics`` or ``percentiles`` are the caller's mistake (``ValueError``); invalid input is a
+    ``ParseError``.
     """
     if format is not None and format not in FORMATS:
         raise ValueError(f"unknown results format {format!r}; expected one of {', '.join(FORMATS)}")
@@ -115,12 +118,19 @@ def parse_results(
         name = name or str(path)
         # Unbuffered: the reader built in _parse_stream does the buffering.
         with open(path, "rb", buffering=0) as stream:
-            return _parse_stream(stream, format, name, wanted_submetrics, wanted_percentiles)
-    return _parse_stream(source, format, name or "<results>", wanted_submetrics, wanted_percentiles)
+            return _parse_stream(stream, format, name, wanted_submetrics, wanted_percentiles, warmup_tag)
+    return _parse_stream(
+        source, format, name or "<results>", wanted_submetrics, wanted_percentiles, warmup_tag
+    )
 
 
 def _parse_stream(
-    stream: BinaryIO, fmt: str | None, name: str, submetrics: list[tuple[str, Tags]], percentiles: list[float]
+    stream: BinaryIO,
+    fmt: str | None,
+    name: str,
+    submetrics: list[tuple[str, Tags]],
+    percentiles: list[float],
+    warmup_tag: tuple[str, str] | None = None,
 ) -> ResultSet:
     # A BOM (editors on Windows add one) is dropped once here for every format.
     head = strip_bom(_read_head(stream))
@@ -142,7 +152,9 @@ def _parse_stream(
             fmt = detect_format(head, name)
 
     if fmt == "k6-ndjson":
-        return parse_k6_ndjson(reader, source=name, submetrics=submetrics, percentiles=percentiles)
+        return parse_k6_ndjson(
+            reader, source=name, submetrics=submetrics, percentiles=percentiles, warmup_tag=warmup_tag
+        )
     if fmt == "jmeter-jtl":
         return parse_jtl(reader, source=name, submetrics=submetrics, percentiles=percentiles)
     if fmt == "locust-csv":

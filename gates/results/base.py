@@ -96,6 +96,26 @@ class Series:
 
 
 @dataclass
+class Warmup:
+    """The ramp-up before measuring: how long it ran, how many requests it made (``None`` when
+    the tool does not say), and whether its samples were left out of the numbers.
+
+    A parser can only see the warm-up's samples, which start after the ramp's first VU does; the
+    runner that scheduled the warm-up sets ``seconds`` to its real length."""
+
+    seconds: float
+    requests: int | None
+    excluded: bool
+
+    def describe(self) -> str:
+        """``warm-up of 10 s, 850 requests, excluded``."""
+        parts = [f"warm-up of {round(self.seconds, 1):g} s"]
+        if self.requests is not None:
+            parts.append(f"{self.requests} requests")
+        return ", ".join(parts) + (", excluded" if self.excluded else ", included")
+
+
+@dataclass
 class ResultSet:
     """What one load test produced, whatever the tool: series keyed by canonical name."""
 
@@ -103,6 +123,8 @@ class ResultSet:
     format: str
     series: dict[str, Series] = field(default_factory=dict)
     duration_seconds: float | None = None
+    # The warm-up, when the run had one; ``None`` when it had none or the file does not say.
+    warmup: Warmup | None = None
     # What the tool itself concluded about the thresholds it knew, {series key: {expression: ok}}.
     # Informational only: the gate recomputes its own verdict.
     tool_thresholds: dict[str, dict[str, bool]] = field(default_factory=dict)

@@ -21,7 +21,6 @@ import orjson
 from gates.results.base import ParseError
 
 FORMATS = ("k6-summary-export", "k6-handle-summary", "k6-ndjson", "locust-csv", "locust-json", "jmeter-jtl")
-JSON_DOCUMENT_FORMATS = ("k6-summary-export", "k6-handle-summary", "locust-json")
 
 _BOM = b"\xef\xbb\xbf"
 _KIND_VALUE = re.compile(rb'"type"\s*:\s*"(?:trend|counter|rate|gauge)"')

@@ -19,6 +19,12 @@ the submetric's tags, as in k6):
 built-in metrics, or else is read as a trend: every sample is kept, so count and distribution stay
 exact whatever the metric really was. Unknown line types are skipped; blank lines are allowed.
 
+A warm-up can be left out: with ``warmup_tag=(key, value)``, points whose tags hold that pair
+(k6 adds a scenario's tags to its samples; perfgate's warm-up scenario carries one) count only
+towards :attr:`ResultSet.warmup`: its length and its ``http_reqs``. The run's duration (for
+counter rates) then starts where the warm-up ends. Points without tags (k6's ``vus`` and
+``vus_max`` gauges) are kept as they are.
+
 Timestamps are not parsed per line: within one UTC offset, RFC 3339 strings without their offset
 suffix sort in time order (a shorter fraction is a prefix, so ``.1`` sorts before ``.15``), so only
 the smallest and the largest are parsed, at the end. Lines with another offset (a DST change, files
@@ -44,6 +50,7 @@ from gates.results.base import (
     ResultSet,
     Series,
     Tags,
+    Warmup,
     normalize_tags,
 )
 from gates.results.common import BUILTIN_METRICS, MAX_LINE_BYTES, UNITS, describe, is_number
@@ -214,6 +221,11 @@ class _Clock:
 
     def duration(self) -> float | None:
         """Seconds from the first to the last point; None when there were no points."""
+        bounds = self.bounds()
+        return None if bounds is None else (bounds[1] - bounds[0]) / 1e9
+
+    def bounds(self) -> tuple[int, int] | None:
+        """The first and the last point time in ns since the epoch; None when there were none."""
         if self.zone == _NO_ZONE:
             return None
         candidates = [(self.first + self.zone, self.first_line), (self.last + self.zone, self.last_line)]
@@ -230,15 +242,24 @@ class _Clock:
                     field="data.time",
                 )
             moments.append(ns)
-        return (max(moments) - min(moments)) / 1e9
+        return min(moments), max(moments)
 
 
 class _Parser:
-    def __init__(self, source: str, submetrics: Iterable[tuple[str, Tags]], store: TrendStore):
+    def __init__(
+        self,
+        source: str,
+        submetrics: Iterable[tuple[str, Tags]],
+        store: TrendStore,
+        warmup_tag: tuple[str, str] | None = None,
+    ):
         self.source = source
         self.store = store
         self.metrics: dict[str, _Series] = {}
         self.clock = _Clock(source)
+        self.warmup_tag = warmup_tag
+        self.warmup_clock = _Clock(source)  # the warm-up's points, kept out of ``clock``
+        self.warmup_requests = 0.0
         self.wanted: dict[str, list[Tags]] = {}
         for metric, tags in submetrics:
             if tags and tags not in self.wanted.setdefault(metric, []):
@@ -335,8 +356,14 @@ class _Parser:
         if state is None:
             kind, contains = BUILTIN_METRICS.get(metric, (TREND, "default"))
             state = self._create(metric, kind, UNITS[contains])
-        self.clock.observe(data.get("time"), line)
         value = float(value)
+        warmup = self.warmup_tag
+        if warmup is not None and tags.get(warmup[0]) == warmup[1]:
+            self.warmup_clock.observe(data.get("time"), line)
+            if metric == "http_reqs":
+                self.warmup_requests += value
+            return
+        self.clock.observe(data.get("time"), line)
         state.add(value)
         for sub in state.subs:
             if sub.matches(tags):
@@ -372,6 +399,8 @@ class _Parser:
         metrics = self.metrics
         clock = self.clock
         store = self.store
+        warmup_clock = self.warmup_clock
+        warmup_key, warmup_value = self.warmup_tag or (None, None)
         countdown = 0
         line = 0
         readline = functools.partial(stream.readline, MAX_LINE_BYTES)
@@ -390,6 +419,21 @@ class _Parser:
                 if cls is not float and cls is not int:
                     raise _Slow
                 when = data["time"]
+                if warmup_key is not None:
+                    tags = data["tags"]
+                    if tags.__class__ is dict and tags.get(warmup_key) == warmup_value:
+                        if not when.endswith(warmup_clock.zone):
+                            raise _Slow
+                        key = when[: warmup_clock.cut]
+                        if key > warmup_clock.last:
+                            warmup_clock.last = key
+                            warmup_clock.last_line = line
+                        elif key < warmup_clock.first:
+                            warmup_clock.first = key
+                            warmup_clock.first_line = line
+                        if obj["metric"] == "http_reqs":
+                            self.warmup_requests += value
+                        continue
                 if not when.endswith(clock.zone):
                     raise _Slow
                 key = when[: clock.cut]
@@ -432,7 +476,7 @@ class _Parser:
                 else:
                     raise _Slow
             except Exception:
-                # Only the clock (idempotent) may have changed before a valid line got here.
+                # Only a clock (idempotent) may have changed before a valid line got here.
                 # The careful path runs outside this handler so that its ParseError does not
                 # carry the hot loop's exception as context.
                 fanout = self.fanout
@@ -447,7 +491,19 @@ class _Parser:
 
     def result(self, percentiles: Iterable[float]) -> ResultSet:
         duration = self.clock.duration()
-        result = ResultSet(tool="k6", format="k6-ndjson", duration_seconds=duration)
+        warmup = self.warmup_clock.bounds()
+        measured = self.clock.bounds()
+        warmup_summary = None
+        if warmup is not None:
+            # The run starts with the first point of either kind; the measured part where the
+            # warm-up ends.
+            started = warmup[0] if measured is None else min(warmup[0], measured[0])
+            warmup_summary = Warmup(
+                seconds=(warmup[1] - started) / 1e9, requests=int(self.warmup_requests), excluded=True
+            )
+            if measured is not None:
+                duration = max(0, measured[1] - max(measured[0], warmup[1])) / 1e9
+        result = ResultSet(tool="k6", format="k6-ndjson", duration_seconds=duration, warmup=warmup_summary)
         for state in self.metrics.values():
             result.add(state.series(self.store, percentiles, duration))
             for sub in state.subs:
@@ -471,18 +527,21 @@ def parse_k6_ndjson(
     submetrics: Iterable[tuple[str, Tags]] = (),
     percentiles: Iterable[float] = (),
     store: TrendStore | None = None,
+    warmup_tag: tuple[str, str] | None = None,
 ) -> ResultSet:
     """Recompute every metric of a k6 NDJSON stream exactly.
 
     ``submetrics`` are parsed selectors ``(metric, tags)``; ``percentiles`` are extra ones to
     compute for trends (numbers, 99.9 → ``p(99.9)``). A ``store`` may be passed to choose the memory
-    budget or to inspect it afterwards; the caller then closes it.
+    budget or to inspect it afterwards; the caller then closes it. Points tagged ``warmup_tag``
+    (a ``(key, value)`` pair) are the warm-up: left out of every number, summarised in
+    ``ResultSet.warmup``.
     """
     owned = store is None
     if store is None:
         store = TrendStore()
     try:
-        parser = _Parser(source, submetrics, store)
+        parser = _Parser(source, submetrics, store, warmup_tag)
         parser.run(stream)
         wanted = sorted({*DEFAULT_PERCENTILES, *percentiles})
         return parser.result(wanted)

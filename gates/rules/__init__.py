@@ -11,7 +11,6 @@ from gates.rules.evaluation import (
 )
 from gates.rules.grammar import (
     AGGREGATIONS_BY_KIND,
-    DEFAULT_RELATIVE,
     DIRECTIONS,
     KNOWN_METRICS,
     METHODS,
@@ -25,7 +24,6 @@ from gates.rules.grammar import (
     Verdict,
     check_aggregation,
     default_direction,
-    default_relative_rules,
     format_number,
     parse_aggregation,
     parse_go_float,
@@ -38,7 +36,6 @@ from gates.rules.grammar import (
 
 __all__ = [
     "AGGREGATIONS_BY_KIND",
-    "DEFAULT_RELATIVE",
     "DIRECTIONS",
     "KNOWN_METRICS",
     "METHODS",
@@ -55,7 +52,6 @@ __all__ = [
     "aggregate_verdict",
     "check_aggregation",
     "default_direction",
-    "default_relative_rules",
     "evaluate_absolute",
     "evaluate_load",
     "evaluate_relative",

@@ -354,9 +354,14 @@ def evaluate_relative(
 
 def evaluate_load(results: ResultSet, min_requests: int) -> CheckOutcome:
     """``error`` ("insufficient load") when the run made fewer requests than the scenario's
-    minimum, or when the request count is unknown; otherwise ``pass``."""
+    minimum, or when the request count is unknown; otherwise ``pass``. The reason says whether
+    the count left a warm-up out ("6120 requests measured (warm-up of 10 s, 850 requests,
+    excluded)") or, when the tool could not separate it, took it in."""
     count = results.request_count
     limit = float(min_requests)
+    counted = f"{count} requests"
+    if results.warmup is not None:
+        counted += f" measured ({results.warmup.describe()})"
 
     def outcome(verdict, reason, observed=None):
         return _outcome(None, "load", verdict, "http_reqs", "count", reason, observed=observed, limit=limit)
@@ -366,12 +371,15 @@ def evaluate_load(results: ResultSet, min_requests: int) -> CheckOutcome:
     if count < min_requests:
         return outcome(
             Verdict.ERROR,
-            f"insufficient load: {count} requests, the scenario needs at least {min_requests}",
+            f"insufficient load: {counted}, the scenario needs at least {min_requests}",
             observed=float(count),
         )
     if count == 0:
-        return outcome(Verdict.ERROR, "insufficient load: the run made no requests", observed=0.0)
-    return outcome(Verdict.PASS, f"{count} requests, at least {min_requests} needed", observed=float(count))
+        reason = "insufficient load: the run made no requests"
+        if results.warmup is not None:
+            reason += f" after its warm-up ({results.warmup.describe()})"
+        return outcome(Verdict.ERROR, reason, observed=0.0)
+    return outcome(Verdict.PASS, f"{counted}, at least {min_requests} needed", observed=float(count))
 
 
 def aggregate_verdict(outcomes: Iterable[CheckOutcome]) -> Verdict:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import EnumType, StrEnum
 
 from gates.results.base import (
     COUNTER,
@@ -34,18 +34,60 @@ class RuleSyntaxError(ValueError):
     what is expected; it is shown to ops in the admin and to CI in API errors."""
 
 
-class Verdict(StrEnum):
+class _ChoicesType(EnumType):
+    """Django's ``TextChoices`` class attributes (``choices``, ``values``, ``labels``, ``names``) on a
+    plain enum: the models build their fields' choices from the enums defined here, once, and this
+    module still imports no Django."""
+
+    @property
+    def choices(cls) -> list[tuple[str, str]]:
+        return [(member.value, member.label) for member in cls]
+
+    @property
+    def values(cls) -> list[str]:
+        return [member.value for member in cls]
+
+    @property
+    def labels(cls) -> list[str]:
+        return [member.label for member in cls]
+
+    @property
+    def names(cls) -> list[str]:
+        return [member.name for member in cls]
+
+
+class Choices(StrEnum, metaclass=_ChoicesType):
+    """A string enum whose members may carry a label, as Django's ``TextChoices`` do:
+    ``NO_BASELINE = "no_baseline", "no baseline"``. Without one the label is the name in words
+    ("Pass"), Django's default, so the models' choices (and their migrations) stay as they were."""
+
+    def __new__(cls, value: str, label: str | None = None):
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member._label = label
+        return member
+
+    @property
+    def label(self) -> str:
+        return self._label or self.name.replace("_", " ").title()
+
+
+class Verdict(Choices):
+    """The outcome of one check, and of a validation (the worst of its checks)."""
+
     PASS = "pass"  # noqa: S105 -- a verdict, not a password
     WARN = "warn"
     FAIL = "fail"
     INCONCLUSIVE = "inconclusive"
-    NO_BASELINE = "no_baseline"
+    NO_BASELINE = "no_baseline", "no baseline"
     ERROR = "error"
 
 
-class Severity(StrEnum):
-    KEY = "key"
-    INFO = "info"
+class Severity(Choices):
+    """What a failing rule may do: a ``key`` rule can block, an ``info`` rule can only warn."""
+
+    KEY = "key", "key (can block)"
+    INFO = "info", "info (can only warn)"
 
 
 # k6's built-in metrics (metrics/builtin.go and the browser/gRPC/WebSocket modules) and their kinds.
@@ -67,45 +109,6 @@ _AGGREGATION_HINTS = {
 METHODS = ("value", "count", "rate", "avg", "min", "med", "max", "p")
 OPERATORS = ("<", "<=", ">", ">=", "==", "===", "!=")
 DIRECTIONS = ("up", "down", "auto")
-
-# What PRODUCT.md calls the defaults of relative rules, as data: settings override the numbers.
-# Percentages are of the baseline value; the floor is in the metric's own unit (ms for
-# latency, a fraction for rates: 0.005 is half a percentage point). "Error rate +0.5 points
-# and doubled" is floor 0.005 and fail_pct 100: both must be exceeded to fail.
-DEFAULT_RELATIVE: dict[str, dict] = {
-    "latency_p95": {
-        "metric": "http_req_duration",
-        "aggregation": "p(95)",
-        "warn_pct": 5.0,
-        "fail_pct": 10.0,
-        "floor": 5.0,
-        "direction": "up",
-    },
-    "latency_p99": {
-        "metric": "http_req_duration",
-        "aggregation": "p(99)",
-        "warn_pct": None,
-        "fail_pct": 20.0,
-        "floor": 5.0,
-        "direction": "up",
-    },
-    "throughput": {
-        "metric": "http_reqs",
-        "aggregation": "rate",
-        "warn_pct": None,
-        "fail_pct": 10.0,
-        "floor": 0.0,
-        "direction": "down",
-    },
-    "error_rate": {
-        "metric": "http_req_failed",
-        "aggregation": "rate",
-        "warn_pct": None,
-        "fail_pct": 100.0,
-        "floor": 0.005,
-        "direction": "up",
-    },
-}
 
 # Go's strings.TrimSpace trims unicode.IsSpace; Python's str.strip() trims a few more
 # characters (\x1c-\x1f), so spell Go's set out.
@@ -586,23 +589,6 @@ def _number(value, name: str) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise RuleSyntaxError(f"{name} must be a number, got {value!r}") from None
-
-
-def default_relative_rules(severity: Severity = Severity.KEY) -> list[RelativeRule]:
-    """PRODUCT.md's default relative rules, built from ``DEFAULT_RELATIVE``."""
-    return [
-        RelativeRule(
-            label=f"{spec['metric']} {spec['aggregation']} relative",
-            selector=MetricSelector(spec["metric"]),
-            aggregation=spec["aggregation"],
-            warn_pct=spec["warn_pct"],
-            fail_pct=spec["fail_pct"],
-            floor=spec["floor"],
-            direction=spec["direction"],
-            severity=severity,
-        )
-        for spec in DEFAULT_RELATIVE.values()
-    ]
 
 
 def default_direction(metric: str, kind: str, aggregation: str) -> str:

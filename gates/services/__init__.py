@@ -1,8 +1,9 @@
 """Every state change of the gate. Each service is atomic, takes keyword-only arguments including
 the acting ``Actor``, and writes its audit event in the same transaction.
 
-``validations``: asking, evaluating, blocking, errors. ``runs``: claiming, leases, cancelling,
-reaping. ``bypasses``: emergency bypasses and their four-eyes approval.
+``validations``: asking (one way in: ``validation_request``), evaluating, blocking, errors.
+``runs``: claiming, leases, cancelling, reaping. ``bypasses``: emergency bypasses and their
+four-eyes approval.
 """
 
 from gates.services.bypasses import bypass_approve, bypass_expire_due, bypass_reject, bypass_request
@@ -14,27 +15,23 @@ from gates.services.runs import (
     worker_actor,
 )
 from gates.services.validations import (
-    baseline_request,
+    idempotency_fingerprint,
     validation_block,
-    validation_create,
     validation_evaluate,
-    validation_ingest,
     validation_record_error,
     validation_request,
 )
 
 __all__ = [
-    "baseline_request",
     "bypass_approve",
     "bypass_expire_due",
     "bypass_reject",
     "bypass_request",
+    "idempotency_fingerprint",
     "validation_block",
     "validation_cancel",
     "validation_claim",
-    "validation_create",
     "validation_evaluate",
-    "validation_ingest",
     "validation_reap_expired",
     "validation_record_error",
     "validation_renew_lease",

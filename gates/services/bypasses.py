@@ -1,11 +1,14 @@
 """Emergency bypasses, with four eyes.
 
 A bypass request covers exactly one blocked validation. It needs a justification and expires
-(4 h by default, 24 h at most). Each approver must hold ``approve_bypass`` on the project and
+(4 h by default, 24 h at most). A person asking for one needs ``block_deployment`` on the project,
+the right the admin offers the request form with (CI tokens ask by their role). Each approver must
+hold ``approve_bypass`` on the project (``gates.permissions.may``: on it or on every project) and
 must not be anyone behind the request (the person or CI actor who asked, the token's owner) —
 superusers included. Production can require two distinct approvers. The last approval turns the
 validation ``bypassed``: deployment allowed, the underlying verdict kept. These rules live here,
-not in the admin, so every way of approving obeys them.
+not in the admin, so every way of approving obeys them; the admin asks ``bypass_refusal`` to
+offer its Approve and Reject actions exactly when these services would accept.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from django.utils import timezone
 from gates.audit import SYSTEM, Actor, audit_record
 from gates.errors import InvalidState, NotPermitted, ServiceError
 from gates.models import BypassApproval, BypassRequest, Validation
-from gates.services.validations import announce
+from gates.permissions import may, require_right
+from gates.registry import Change, announce
 
 DEFAULT_EXPIRY_MINUTES = 4 * 60
 MAX_EXPIRY_MINUTES = 24 * 60
@@ -57,6 +61,7 @@ def bypass_request(
         .select_related("project", "environment")
         .get(pk=validation.pk)
     )
+    require_right(actor, "block_deployment", validation.project, to="ask for bypasses")
     if validation.status != Validation.Status.BLOCKED:
         raise InvalidState(
             f"Only a blocked validation can be bypassed; build {validation.build_id} is {validation.status}."
@@ -111,31 +116,35 @@ def _locked(bypass: BypassRequest) -> BypassRequest:
     )
 
 
-def _may_decide(bypass: BypassRequest, user) -> None:
+def bypass_refusal(*, bypass: BypassRequest, user, approving: bool = True) -> ServiceError | None:
+    """Why ``user`` may not approve (or, ``approving=False``, reject) ``bypass`` now, or None when
+    they may: the request must be pending and unexpired, the user must not be behind it, must
+    hold ``approve_bypass`` on its project, and may approve only once. The services raise what
+    this returns; the admin asks it before offering the actions, so both always agree."""
+    if bypass.status != BypassRequest.Status.PENDING:
+        return InvalidState(f"This bypass request is {bypass.status}; it can no longer be decided.")
+    if bypass.expires_at <= timezone.now():
+        return InvalidState(f"This bypass request expired at {bypass.expires_at:%Y-%m-%d %H:%M} UTC.")
     if user.get_username().lower() in bypass.requester_names:
-        raise NotPermitted(
+        return NotPermitted(
             "You asked for this bypass (or it was asked on your behalf): someone else must decide on it."
         )
-    if not (user.is_active and user.has_perm("gates.approve_bypass", bypass.project)):
-        raise NotPermitted(f"You may not approve bypasses of {bypass.project.slug}.")
-
-
-def _refuse_if_closed(bypass: BypassRequest) -> None:
-    if bypass.status != BypassRequest.Status.PENDING:
-        raise InvalidState(f"This bypass request is {bypass.status}; it can no longer be decided.")
-    if bypass.expires_at <= timezone.now():
-        raise InvalidState(f"This bypass request expired at {bypass.expires_at:%Y-%m-%d %H:%M} UTC.")
+    if not may(user, "approve_bypass", bypass.project):
+        return NotPermitted(f"You may not approve bypasses of {bypass.project.slug}.")
+    if approving and bypass.approvals.filter(approver=user).exists():
+        return InvalidState("You already approved this bypass; it needs another person's approval.")
+    return None
 
 
 @transaction.atomic
 def bypass_approve(*, bypass: BypassRequest, approver) -> BypassRequest:
-    """One approval. The request row is locked, so two people approving at the same moment are
-    counted one after the other: never twice, never beyond what is required."""
+    """One approval, refused for the reasons ``bypass_refusal`` gives. The request row is locked,
+    so two people approving at the same moment are counted one after the other: never twice,
+    never beyond what is required."""
     bypass = _locked(bypass)
-    _refuse_if_closed(bypass)
-    _may_decide(bypass, approver)
-    if bypass.approvals.filter(approver=approver).exists():
-        raise InvalidState("You already approved this bypass; it needs another person's approval.")
+    refusal = bypass_refusal(bypass=bypass, user=approver)
+    if refusal is not None:
+        raise refusal
     BypassApproval.objects.create(bypass=bypass, approver=approver)
     approvers = list(bypass.approvals.select_related("approver").values_list("approver__username", flat=True))
     actor = Actor.for_user(approver)
@@ -190,15 +199,16 @@ def _apply(bypass: BypassRequest, approvers: list[str], actor: Actor) -> None:
             "ticket_url": bypass.ticket_url,
         },
     )
-    announce(validation)
+    announce(validation, Change.BYPASSED)
 
 
 @transaction.atomic
 def bypass_reject(*, bypass: BypassRequest, user, reason: str = "") -> BypassRequest:
-    """Refuse a bypass: the validation stays blocked."""
+    """Refuse a bypass: the validation stays blocked. Who may reject is who may approve."""
     bypass = _locked(bypass)
-    _refuse_if_closed(bypass)
-    _may_decide(bypass, user)
+    refusal = bypass_refusal(bypass=bypass, user=user, approving=False)
+    if refusal is not None:
+        raise refusal
     bypass.status = BypassRequest.Status.REJECTED
     bypass.decided_at = timezone.now()
     bypass.decided_by = user.get_username()

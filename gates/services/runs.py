@@ -15,7 +15,9 @@ from django.utils import timezone
 from gates.audit import SYSTEM, Actor, audit_record
 from gates.errors import InvalidState, ServiceError
 from gates.models import Validation
-from gates.services.validations import announce, validation_record_error
+from gates.permissions import require_right
+from gates.registry import Change, announce
+from gates.services.validations import validation_record_error
 
 
 def worker_actor(worker: str) -> Actor:
@@ -45,7 +47,7 @@ def validation_claim(*, validation_id, worker: str, lease_seconds: float) -> Val
         environment=validation.environment.name,
         data={"build_id": validation.build_id, "worker": worker, "lease_seconds": lease_seconds},
     )
-    announce(validation)
+    announce(validation, Change.RUNNING)
     return validation
 
 
@@ -76,6 +78,7 @@ def validation_cancel(*, validation: Validation, reason: str, actor: Actor) -> V
         .select_related("project", "environment")
         .get(pk=validation.pk)
     )
+    require_right(actor, "block_deployment", validation.project, to="cancel validations")
     if not validation.is_pending:
         raise InvalidState(f"Build {validation.build_id} already finished with status {validation.status}.")
     message = f"Cancelled by {actor.name}: {reason}"

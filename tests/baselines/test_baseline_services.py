@@ -8,8 +8,8 @@ from baselines.selectors import baseline_active
 from baselines.services import baseline_pin, baseline_promote, baseline_unpin
 from gates.errors import InvalidState
 from gates.models import AuditEvent
-from gates.services import validation_block, validation_create, validation_evaluate
-from tests.factories import make_results
+from gates.services import validation_block, validation_evaluate
+from tests.factories import make_results, make_validation
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def manual_staging(staging):
 
 
 def evaluate(project, environment, actor, p95, build):
-    validation, _ = validation_create(
+    validation, _ = make_validation(
         project=project, environment=environment, build_id=build, git_hash="b" * 40, actor=actor
     )
     return validation_evaluate(validation=validation, results=make_results(p95=p95), actor=actor)

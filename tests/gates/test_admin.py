@@ -4,8 +4,8 @@ import pytest
 from django.urls import reverse
 
 from gates.models import AuditEvent, ThresholdRule, Validation
-from gates.services import validation_create, validation_evaluate
-from tests.factories import make_results
+from gates.services import validation_evaluate
+from tests.factories import make_results, make_validation
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_a_validation_is_read_only_with_its_checks_and_reasons(
     admin_client_logged_in, project, staging, actor, add_rule
 ):
     add_rule("http_req_duration", threshold="p(95)<400")
-    validation, _ = validation_create(
+    validation, _ = make_validation(
         project=project, environment=staging, build_id="b-1", git_hash="c" * 40, actor=actor
     )
     validation = validation_evaluate(validation=validation, results=make_results(p95=450.0), actor=actor)
@@ -108,7 +108,7 @@ def test_a_validation_is_read_only_with_its_checks_and_reasons(
 
 
 def test_the_audit_log_is_view_only_even_for_superusers(admin_client_logged_in, project, staging, actor):
-    validation_create(project=project, environment=staging, build_id="b-1", git_hash="c" * 40, actor=actor)
+    make_validation(project=project, environment=staging, build_id="b-1", git_hash="c" * 40, actor=actor)
     event = AuditEvent.objects.get()
     change_url = reverse("admin:gates_auditevent_change", args=[event.pk])
     assert admin_client_logged_in.get(change_url).status_code == 200
@@ -125,7 +125,7 @@ def test_ops_with_the_right_on_the_project_cancel_from_the_admin(client, ops, pr
     from guardian.shortcuts import assign_perm
 
     ops.user_permissions.add(Permission.objects.get(codename="view_validation"))
-    validation, _ = validation_create(
+    validation, _ = make_validation(
         project=project, environment=staging, build_id="b-1", git_hash="c" * 40, actor=actor
     )
     client.force_login(ops)

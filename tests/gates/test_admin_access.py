@@ -1,19 +1,27 @@
 """Per-project rights in the admin: ops see and act on their projects only; auditors see
-everything and change nothing; the audit log filters, pages and exports."""
+everything and change nothing; every action says which right it needs; the audit log filters,
+pages and exports."""
 
 import csv
 import io
 import json
 
 import pytest
-from django.contrib.auth.models import Group
+from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group, Permission
+from django.test import RequestFactory
 from django.urls import reverse
 from guardian.shortcuts import assign_perm
 
-from gates.audit import Actor
+from baselines.models import Baseline
+from baselines.services import baseline_pin, baseline_promote
+from gates.audit import SYSTEM, Actor
+from gates.errors import NotPermitted
 from gates.models import AuditEvent, Environment, Project, Scenario, ThresholdRule, Validation
-from gates.services import validation_create, validation_evaluate
-from tests.factories import make_results
+from gates.permissions import may
+from gates.services import validation_evaluate
+from tests.factories import make_results, make_validation
 
 SCRIPT = "export default function () {}"
 
@@ -24,7 +32,7 @@ def other(db):
     env = Environment.objects.create(project=project, name="staging")
     scenario = Scenario.objects.create(project=project, name="browse", script_text=SCRIPT, is_default=True)
     ThresholdRule.objects.create(project=project, scenario=scenario, metric="http_reqs", threshold="count>=1")
-    validation, _ = validation_create(
+    validation, _ = make_validation(
         project=project, environment=env, build_id="other-1", git_hash="e" * 40, actor=Actor("user", "x")
     )
     validation_evaluate(validation=validation, results=make_results(), actor=Actor("user", "x"))
@@ -34,7 +42,7 @@ def other(db):
 @pytest.fixture
 def mine(project, staging, add_rule):
     add_rule("http_req_duration", threshold="p(95)<400")
-    validation, _ = validation_create(
+    validation, _ = make_validation(
         project=project, environment=staging, build_id="mine-1", git_hash="f" * 40, actor=Actor("user", "x")
     )
     validation_evaluate(validation=validation, results=make_results(), actor=Actor("user", "x"))
@@ -46,16 +54,6 @@ def ops_client(client, ops, mine):
     ops.groups.add(Group.objects.get(name="ops"))
     assign_perm("gates.change_thresholds", ops, mine)
     client.force_login(ops)
-    return client
-
-
-@pytest.fixture
-def auditor_client(client, auditor):
-    auditor.groups.add(Group.objects.get(name="auditors"))
-    auditor.user_permissions.add(
-        *Group.objects.get(name="auditors").permissions.filter(codename="view_every_project")
-    )
-    client.force_login(auditor)
     return client
 
 
@@ -105,6 +103,77 @@ def test_auditors_see_every_project_and_change_nothing(auditor_client, mine, oth
     assert page(auditor_client, "admin:gates_thresholdrule_add").status_code == 403
     bypasses = page(auditor_client, "admin:gates_bypassrequest_changelist").content.decode()
     assert 'value="approve"' not in bypasses and 'value="reject"' not in bypasses
+
+
+OUR_APPS = ("gates", "baselines", "integrations", "django_q")
+
+
+def test_every_admin_action_declares_the_right_it_needs():
+    for model, model_admin in admin.site._registry.items():
+        if model._meta.app_label not in OUR_APPS:
+            continue
+        for action, name, _ in model_admin._get_base_actions():
+            declared = getattr(action, "allowed_permissions", ())
+            where = f"{model._meta.label}: {name}"
+            assert declared and "view" not in declared, f"{where} declares no right beyond viewing"
+            for permission in declared:
+                assert callable(getattr(model_admin, f"has_{permission}_permission", None)), where
+
+
+def test_auditors_are_offered_no_action_on_any_page(auditor, mine, other):
+    auditor.groups.add(Group.objects.get(name="auditors"))
+    request = RequestFactory().get("/admin/")
+    request.user = auditor
+    viewed, offered = set(), set()
+    for model, model_admin in admin.site._registry.items():
+        if model_admin.has_view_permission(request):
+            viewed.add(model._meta.label)
+            offered.update(f"{model._meta.label}: {name}" for name in model_admin.get_actions(request))
+    assert {"gates.Validation", "baselines.Baseline", "integrations.ApiToken", "django_q.Failure"} <= viewed
+    assert offered == set()
+
+
+def test_only_ops_who_change_thresholds_pin_baselines(client, ops, auditor, mine):
+    baseline = baseline_promote(validation=Validation.objects.get(build_id="mine-1"), actor=SYSTEM)
+    ops.groups.add(Group.objects.get(name="ops"))
+    assign_perm("gates.approve_bypass", ops, mine)  # sees the project, may not change its baselines
+    auditor.groups.add(Group.objects.get(name="auditors"))
+    for person in (ops, auditor):
+        with pytest.raises(NotPermitted, match="may not pin baselines of wedsync-web"):
+            baseline_pin(baseline=baseline, actor=Actor.for_user(person))
+    changelist = reverse("admin:baselines_baseline_changelist")
+    pin = {"action": "pin", "_selected_action": [str(baseline.pk)]}
+    client.force_login(ops)
+    assert 'value="pin"' not in client.get(changelist).content.decode()
+    client.post(changelist, pin, follow=True)
+    baseline.refresh_from_db()
+    assert not baseline.pinned
+
+    assign_perm("gates.change_thresholds", ops, mine)
+    assert 'value="pin"' in client.get(changelist).content.decode()
+    response = client.post(changelist, pin, follow=True)
+    assert "is pinned" in response.content.decode()
+    assert Baseline.objects.get(pk=baseline.pk).pinned
+    assert AuditEvent.objects.get(action="baseline.pinned").actor == "user:olivia-ops"
+
+
+def test_only_superusers_give_rights_on_a_project(client, ops, mine, admin_user):
+    ops.groups.add(Group.objects.get(name="ops"))
+    ops.user_permissions.add(
+        Permission.objects.get(content_type__app_label="gates", codename="change_project")
+    )
+    assign_perm("gates.change_thresholds", ops, mine)
+    change_page = reverse("admin:gates_project_change", args=[mine.pk])
+    give_rights = reverse("admin:gates_project_permissions_manage_user", args=[mine.pk, ops.pk])
+    client.force_login(ops)
+    assert "Object permissions" not in client.get(change_page).content.decode()
+    assert client.post(give_rights, {"permissions": ["approve_bypass"]}).status_code == 403
+    assert not may(get_user_model().objects.get(pk=ops.pk), "approve_bypass", mine)
+
+    client.force_login(admin_user)
+    assert "Object permissions" in client.get(change_page).content.decode()
+    assert client.post(give_rights, {"permissions": ["approve_bypass"]}).status_code == 302
+    assert may(get_user_model().objects.get(pk=ops.pk), "approve_bypass", mine)
 
 
 def test_the_audit_log_filters_by_action_project_actor_and_dates(auditor_client, mine, other):

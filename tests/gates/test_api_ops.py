@@ -6,14 +6,14 @@ import pytest
 
 from baselines.models import Baseline
 from gates.models import AuditEvent, Validation
-from gates.services import validation_create, validation_evaluate
+from gates.services import validation_evaluate
 from tests.conftest import Api, make_token
-from tests.factories import make_results
+from tests.factories import make_results, make_validation
 
 
 @pytest.fixture
 def passed(project, staging, actor):
-    validation, _ = validation_create(
+    validation, _ = make_validation(
         project=project, environment=staging, build_id="b-1", git_hash="f" * 40, actor=actor
     )
     return validation_evaluate(validation=validation, results=make_results(), actor=actor)
@@ -76,7 +76,7 @@ def test_ops_promote_a_passed_validation_to_a_pinned_baseline(ops_api, passed):
 
 def test_a_blocked_validation_cannot_become_a_baseline(ops_api, project, staging, actor, add_rule):
     add_rule("http_req_duration", threshold="p(95)<100")
-    validation, _ = validation_create(
+    validation, _ = make_validation(
         project=project, environment=staging, build_id="slow", git_hash="f" * 40, actor=actor
     )
     validation_evaluate(validation=validation, results=make_results(p95=300.0), actor=actor)

@@ -9,12 +9,12 @@ from django.db import connection
 from django.utils import timezone
 
 from gates.models import Validation
-from gates.services import validation_create, validation_evaluate
-from tests.factories import make_results
+from gates.services import validation_evaluate
+from tests.factories import make_results, make_validation
 
 
 def evaluated(project, environment, actor, build, p95=200.0, branch=""):
-    validation, _ = validation_create(
+    validation, _ = make_validation(
         project=project,
         environment=environment,
         build_id=build,
@@ -42,7 +42,7 @@ def test_status_of_an_unknown_build_is_404(ci_api, project):
 
 
 def test_status_without_wait_answers_at_once_while_queued(ci_api, project, staging, actor):
-    validation_create(project=project, environment=staging, build_id="b-1", git_hash="e" * 40, actor=actor)
+    make_validation(project=project, environment=staging, build_id="b-1", git_hash="e" * 40, actor=actor)
     started = time.monotonic()
     data = ci_api.get("/api/ci-cd/performance/status/b-1", {"environment": "staging"}).json()
     assert data["status"] == "queued" and data["deploymentAllowed"] is None
@@ -50,7 +50,7 @@ def test_status_without_wait_answers_at_once_while_queued(ci_api, project, stagi
 
 
 def test_wait_gives_up_after_the_seconds_asked_for(ci_api, project, staging, actor):
-    validation_create(project=project, environment=staging, build_id="b-1", git_hash="e" * 40, actor=actor)
+    make_validation(project=project, environment=staging, build_id="b-1", git_hash="e" * 40, actor=actor)
     started = time.monotonic()
     data = ci_api.get("/api/ci-cd/performance/status/b-1", {"environment": "staging", "wait": 1}).json()
     assert data["status"] == "queued"
@@ -59,7 +59,7 @@ def test_wait_gives_up_after_the_seconds_asked_for(ci_api, project, staging, act
 
 @pytest.mark.django_db(transaction=True)
 def test_wait_returns_as_soon_as_the_validation_finishes(project, staging, actor, ci_api):
-    validation, _ = validation_create(
+    validation, _ = make_validation(
         project=project, environment=staging, build_id="b-1", git_hash="e" * 40, actor=actor
     )
 
@@ -95,6 +95,21 @@ def test_history_pages_with_a_cursor_without_gaps_or_repeats(ci_api, project, st
         url, params, pages = data["next"], None, pages + 1
     assert pages == 3
     assert seen == list(reversed(builds))
+
+
+def test_history_pages_of_a_staging_token_are_full_however_production_is_interleaved(
+    staging_api, project, staging, production, actor
+):
+    for i in range(3):
+        evaluated(project, staging, actor, f"stg-{i}")
+        for j in range(3):
+            evaluated(project, production, actor, f"prod-{i}-{j}")
+    pages, url, params = [], "/api/ci-cd/performance/history", {"limit": 2}
+    while url:
+        data = staging_api.get(url, params).json()
+        pages.append([item["buildId"] for item in data["results"]])
+        url, params = data["next"], None
+    assert pages == [["stg-2", "stg-1"], ["stg-0"]]
 
 
 def test_history_items_carry_their_metrics_and_filter_by_metric(ci_api, project, staging, actor):

@@ -18,9 +18,9 @@ from guardian.shortcuts import assign_perm
 from gates.audit import Actor
 from gates.models import BypassRequest, Validation
 from gates.permissions import ensure_groups
-from gates.services import validation_create, validation_evaluate
+from gates.services import validation_evaluate
 from tests.conftest import Api, make_token
-from tests.factories import make_results
+from tests.factories import make_results, make_validation
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -59,7 +59,7 @@ def scene(project, staging, add_rule):
     ensure_groups(django_apps)  # made by a migration; transactional tests before this one emptied the tables
     add_rule("http_req_duration", threshold="p(95)<400")
     for build, p95 in (("gha-100", 210.0), ("gha-101", 220.0), ("gha-102", 900.0)):
-        validation, _ = validation_create(
+        validation, _ = make_validation(
             project=project,
             environment=staging,
             build_id=build,

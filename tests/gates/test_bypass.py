@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
@@ -20,22 +21,22 @@ from gates.services import (
     bypass_expire_due,
     bypass_reject,
     bypass_request,
-    validation_create,
     validation_evaluate,
 )
 from tests.conftest import Api, make_token
-from tests.factories import make_results
+from tests.factories import make_results, make_validation
 
 
 def blocked_validation(project, environment, build="b-1", actor=None, context=None):
     actor = actor or Actor("user", "someone")
-    validation, _ = validation_create(
+    validation, _ = make_validation(
         project=project,
         environment=environment,
         build_id=build,
         git_hash="d" * 40,
         actor=actor,
         deployment_context=context or {"actor": "dev-dana"},
+        staging_pass=environment.require_staging_pass,
     )
     return validation_evaluate(validation=validation, results=make_results(p95=900.0), actor=actor)
 
@@ -97,7 +98,7 @@ def test_a_bypass_expires_after_four_hours_by_default_and_a_day_at_most(blocked,
 
 
 def test_only_a_blocked_validation_can_be_bypassed(project, staging):
-    passed, _ = validation_create(
+    passed, _ = make_validation(
         project=project, environment=staging, build_id="ok", git_hash="d" * 40, actor=Actor("user", "x")
     )
     validation_evaluate(validation=passed, results=make_results(), actor=Actor("user", "x"))
@@ -234,8 +235,9 @@ def test_ops_approve_in_the_admin_and_a_superuser_cannot_approve_their_own(
     own = ask(blocked, actor=Actor.for_user(admin_user))
     client.force_login(admin_user)
     changelist = reverse("admin:gates_bypassrequest_changelist")
-    response = client.post(changelist, {"action": "approve", "_selected_action": [str(own.pk)]}, follow=True)
-    assert "someone else" in response.content.decode()
+    listing = client.get(changelist).content.decode()
+    assert 'value="approve"' not in listing and "someone else must decide" in listing
+    client.post(changelist, {"action": "approve", "_selected_action": [str(own.pk)]}, follow=True)
     own.refresh_from_db()
     assert own.status == "pending"
 
@@ -245,6 +247,100 @@ def test_ops_approve_in_the_admin_and_a_superuser_cannot_approve_their_own(
     assert "approved; the build may deploy" in response.content.decode()
     blocked.refresh_from_db()
     assert blocked.status == "bypassed"
+
+
+def approve_bypass_everywhere(user):
+    user.user_permissions.add(
+        Permission.objects.get(content_type__app_label="gates", codename="approve_bypass")
+    )
+
+
+def test_a_model_wide_approve_bypass_right_counts_on_every_project(blocked, ops):
+    approve_bypass_everywhere(ops)
+    bypass_approve(bypass=ask(blocked), approver=ops)
+    blocked.refresh_from_db()
+    assert blocked.status == "bypassed"
+
+
+def test_a_model_wide_approver_is_offered_approve_and_the_service_accepts(client, blocked, ops):
+    ops.groups.add(_group("ops"))
+    approve_bypass_everywhere(ops)
+    bypass = ask(blocked)
+    client.force_login(ops)
+    changelist = reverse("admin:gates_bypassrequest_changelist")
+    assert 'value="approve"' in client.get(changelist).content.decode()
+    response = client.post(
+        changelist, {"action": "approve", "_selected_action": [str(bypass.pk)]}, follow=True
+    )
+    assert "approved; the build may deploy" in response.content.decode()
+    blocked.refresh_from_db()
+    assert blocked.status == "bypassed"
+
+
+def test_approve_and_reject_are_offered_exactly_when_the_service_would_accept(
+    client, project, staging, slow_rule, approvers
+):
+    ops, second_ops = approvers
+    staging.bypass_approvals = 2
+    staging.save(update_fields=["bypass_approvals"])
+    for user in approvers:
+        user.groups.add(_group("ops"))
+    changelist = reverse("admin:gates_bypassrequest_changelist")
+
+    def offered(user):
+        client.force_login(user)
+        listing = client.get(changelist).content.decode()
+        return {action for action in ("approve", "reject") if f'value="{action}"' in listing}
+
+    assert offered(ops) == set()  # nothing to decide
+    bypass = ask(
+        blocked_validation(project, staging),
+        actor=Actor("token", "ci"),
+        requested_for="olivia-ops",
+    )
+    assert offered(ops) == set()  # asked on her behalf
+    with pytest.raises(NotPermitted):
+        bypass_reject(bypass=bypass, user=ops)
+    assert offered(second_ops) == {"approve", "reject"}
+    bypass_approve(bypass=bypass, approver=second_ops)  # a second approver is still needed
+    assert offered(second_ops) == {"reject"}
+    with pytest.raises(InvalidState, match="already approved"):
+        bypass_approve(bypass=bypass, approver=second_ops)
+
+
+def test_an_auditor_may_neither_approve_nor_reject(blocked, auditor):
+    auditor.groups.add(_group("auditors"))
+    bypass = ask(blocked)
+    with pytest.raises(NotPermitted, match="may not approve"):
+        bypass_approve(bypass=bypass, approver=auditor)
+    with pytest.raises(NotPermitted, match="may not approve"):
+        bypass_reject(bypass=bypass, user=auditor)
+
+
+def test_a_person_asks_for_a_bypass_only_with_block_deployment_on_the_project(blocked, ops, project):
+    with pytest.raises(NotPermitted, match="may not ask for bypasses of wedsync-web"):
+        ask(blocked, actor=Actor.for_user(ops))
+    assign_perm("gates.block_deployment", ops, project)
+    assert ask(blocked, actor=Actor.for_user(ops)).status == "pending"
+
+
+def test_a_refused_bypass_request_in_the_admin_is_a_message_not_a_server_error(client, blocked, ops, project):
+    ops.groups.add(_group("ops"))
+    assign_perm("gates.block_deployment", ops, project)
+    ask(blocked)
+    client.force_login(ops)
+    response = client.post(
+        reverse("admin:gates_bypassrequest_add"),
+        {
+            "validation": str(blocked.pk),
+            "justification": "again",
+            "ticket_url": "",
+            "expires_in_minutes": "60",
+        },
+        follow=True,
+    )
+    assert response.status_code == 200 and "already waiting for approval" in response.content.decode()
+    assert BypassRequest.objects.count() == 1
 
 
 def test_a_bypass_can_be_asked_for_in_the_admin(client, blocked, ops, project):

@@ -8,9 +8,9 @@ from django.urls import reverse
 from gates.audit import Actor
 from gates.charts import Band, Point, history_svg
 from gates.models import Validation
-from gates.services import validation_create, validation_evaluate
+from gates.services import validation_evaluate
 from tests.conftest import Api, make_token
-from tests.factories import make_results
+from tests.factories import make_results, make_validation
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -50,7 +50,7 @@ def test_text_in_the_chart_is_escaped():
 
 @pytest.fixture
 def evaluated(project, staging):
-    validation, _ = validation_create(
+    validation, _ = make_validation(
         project=project, environment=staging, build_id="b-1", git_hash="a" * 40, actor=Actor("user", "x")
     )
     return validation_evaluate(validation=validation, results=make_results(), actor=Actor("user", "x"))

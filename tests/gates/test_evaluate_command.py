@@ -54,7 +54,10 @@ def test_a_build_over_its_limit_is_blocked_and_exits_one(k6_outputs, add_rule, o
 
 def test_a_submetric_the_summary_does_not_contain_is_an_error_not_a_pass(k6_outputs, add_rule, production):
     # The script declares no threshold on http_req_duration{name:rsvp}, so k6's summary has no
-    # such submetric; the raw points do.
+    # such submetric; the raw points do. Production is here for its fail-closed policy; its
+    # staging-pass requirement (which `evaluate` obeys like every way in) is beside the point.
+    production.require_staging_pass = False
+    production.save(update_fields=["require_staging_pass"])
     add_rule("http_req_duration{name:rsvp}", threshold="p(95)<2000")
     code, out, _ = run_evaluate(k6_outputs.summary_export, "from-summary", "--environment", "production")
     assert code == 1 and "error" in out and "rsvp" in out
@@ -87,3 +90,8 @@ def test_an_unknown_project_is_a_usage_error(db, tmp_path):
     with pytest.raises(CommandError) as error:
         run_evaluate(tmp_path / "missing.json")
     assert error.value.returncode == 2 and "wedsync-web" in str(error.value)
+
+
+def test_production_without_a_staging_pass_is_refused_from_the_command_line_too(k6_outputs, production):
+    code, out, _ = run_evaluate(k6_outputs.ndjson, "prod-1", "--environment", "production")
+    assert code == 1 and "requires a passed staging validation" in out

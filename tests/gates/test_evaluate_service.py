@@ -5,18 +5,19 @@ import pytest
 from gates.errors import InvalidState, ServiceError
 from gates.models import AuditEvent, CheckResult, Environment, MetricObservation, Run, Validation
 from gates.results.base import TREND, Series
-from gates.services import validation_block, validation_create, validation_evaluate, validation_ingest
-from tests.factories import make_results
+from gates.services import validation_block, validation_evaluate, validation_request
+from tests.factories import make_results, make_validation
 
 
 def evaluate(project, environment, actor, results, build="b-1", test_config=None):
-    validation, created = validation_create(
+    validation, created = make_validation(
         project=project,
         environment=environment,
         build_id=build,
         git_hash="a" * 40,
         actor=actor,
         test_config=test_config,
+        staging_pass=environment.require_staging_pass,
     )
     assert created
     return validation_evaluate(validation=validation, results=results, actor=actor)
@@ -81,6 +82,10 @@ def test_a_missing_metric_is_an_error_that_fail_open_lets_through_loudly(project
 
 
 def test_a_missing_metric_blocks_a_fail_closed_environment(project, production, actor, add_rule):
+    # The rule applies to staging too, so no staging pass could exist: production's own
+    # fail-closed policy is what this is about.
+    production.require_staging_pass = False
+    production.save(update_fields=["require_staging_pass"])
     add_rule("http_req_duration{name:rsvp}", threshold="p(95)<400")
     validation = evaluate(project, production, actor, make_results())
     assert (validation.status, validation.verdict, validation.deployment_allowed) == (
@@ -233,7 +238,7 @@ def test_thresholds_in_the_request_can_only_tighten(project, staging, actor, add
 
 def test_a_bad_threshold_in_the_request_is_refused_before_anything_is_written(project, staging, actor):
     with pytest.raises(ServiceError) as error:
-        validation_create(
+        make_validation(
             project=project,
             environment=staging,
             build_id="b-1",
@@ -246,10 +251,10 @@ def test_a_bad_threshold_in_the_request_is_refused_before_anything_is_written(pr
 
 
 def test_repeating_a_build_returns_the_same_validation(project, staging, actor):
-    first, created = validation_create(
+    first, created = make_validation(
         project=project, environment=staging, build_id="b-1", git_hash="a" * 40, actor=actor
     )
-    again, created_again = validation_create(
+    again, created_again = make_validation(
         project=project, environment=staging, build_id="b-1", git_hash="a" * 40, actor=actor
     )
     assert created and not created_again and first.pk == again.pk
@@ -285,7 +290,7 @@ def test_unreadable_results_leave_nothing_behind(project, staging, actor, tmp_pa
     bad = tmp_path / "summary.json"
     bad.write_text('{"metrics": {"http_reqs": {"count": "many"}}}')
     with pytest.raises(ServiceError) as error:
-        validation_ingest(
+        validation_request(
             project=project, environment=staging, build_id="b-1", git_hash="a" * 40, results=bad, actor=actor
         )
     assert "summary.json" in error.value.detail

@@ -8,6 +8,7 @@ import pytest
 
 from gates.loadtest.k6 import K6Spec, run_k6
 from gates.loadtest.sample_target import start_in_thread
+from gates.results import parse_results
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +54,32 @@ def test_an_arrival_rate_scenario_sends_that_many_requests_per_second(tmp_path, 
     counts = json.loads((tmp_path / "counts.json").read_text())
     assert outcome.completed
     assert 50 <= counts["reqs"] <= 70  # 20/s for 3 s
+
+
+def test_the_warm_up_runs_first_and_its_requests_are_left_out_of_the_numbers(tmp_path, target):
+    spec = K6Spec(ENV_DUMP, target.url, vus=2, duration_seconds=2, warmup_seconds=2)
+    outcome = run_k6(spec, tmp_path, timeout_seconds=60)
+    assert outcome.completed
+    all_requests = json.loads((tmp_path / "counts.json").read_text())["reqs"]  # k6's own: warm-up too
+    results = parse_results(outcome.raw_path, warmup_tag=spec.warmup_tag)
+
+    measured, warmup = results.request_count, results.warmup
+    assert warmup is not None and warmup.excluded
+    assert warmup.requests > 10 and measured > 10
+    assert measured + warmup.requests == all_requests
+    assert 0.5 <= warmup.seconds <= 2.5  # its samples: the ramp's first VU starts after 1 s
+    assert 1.5 <= results.duration_seconds <= 3.0, "the measured part only"
+    assert parse_results(outcome.raw_path).request_count == all_requests, "unchanged without the option"
+    # The warm-up is over before the measured part starts.
+    times = {"warmup": [], "measure": []}
+    with open(outcome.raw_path, "rb") as raw:
+        for line in raw:
+            point = json.loads(line)
+            if point["type"] == "Point" and point["metric"] == "http_reqs":
+                # UTC, nanoseconds with trailing zeros trimmed: pad, so that text sorts as time.
+                whole, _, fraction = point["data"]["time"].removesuffix("Z").partition(".")
+                times[point["data"]["tags"]["scenario"]].append(f"{whole}.{fraction:0<9}")
+    assert max(times["warmup"]) < min(times["measure"])
 
 
 def test_the_target_host_is_pinned_to_the_checked_address(tmp_path, target):

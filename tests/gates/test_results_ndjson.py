@@ -253,3 +253,86 @@ def test_a_non_seekable_stream_is_read_once_without_loading_it_whole():
     writer.join()
     assert result.format == "k6-ndjson"
     assert result.series["http_reqs"].values["count"] == 20000
+
+
+WARMUP = {**TAGS, "scenario": "warmup", "perfgate_phase": "warmup"}
+MEASURED = {**TAGS, "scenario": "measure"}
+
+
+def warmed_up_run() -> bytes:
+    """A run's shape as k6 writes it: an untagged gauge from the start, a 10 s warm-up whose
+    requests are slow and tagged, then the measured part."""
+    return ndjson(
+        declare("vus", "gauge"),
+        declare("http_reqs", "counter"),
+        declare("http_req_duration", "trend", "time", submetrics=[{"name": "guests"}]),
+        point("vus", 0, "2026-11-24T10:00:00Z", tags={}),
+        *(
+            point(metric, value, f"2026-11-24T10:00:0{second}.5Z", tags=WARMUP)
+            for second, latency in ((1, 900.0), (4, 700.0), (9, 500.0))
+            for metric, value in (("http_reqs", 1), ("http_req_duration", latency))
+        ),
+        point("vus", 5, "2026-11-24T10:00:10Z", tags={}),
+        *(
+            point(metric, value, f"2026-11-24T10:00:{second}Z", tags=MEASURED)
+            for second, latency in ((12, 10.0), (16, 20.0), (20, 30.0), (20.5, 40.0))
+            for metric, value in (("http_reqs", 1), ("http_req_duration", latency))
+        ),
+    )
+
+
+def test_warm_up_points_are_left_out_of_every_number_and_counted_apart():
+    result = parse(warmed_up_run(), warmup_tag=("perfgate_phase", "warmup"))
+
+    assert result.series["http_reqs"].values["count"] == 4
+    duration = result.series["http_req_duration"]
+    assert (duration.samples, duration.values["max"]) == (4, 40.0)
+    assert result.series["http_req_duration{name:guests}"].values["max"] == 40.0
+    # The measured part starts where the warm-up ends (its last point), not with the first gauge.
+    assert result.duration_seconds == 20.5 - 9.5
+    assert result.series["http_reqs"].values["rate"] == 4 / 11.0
+    assert result.warmup is not None
+    assert (result.warmup.seconds, result.warmup.requests, result.warmup.excluded) == (9.5, 3, True)
+    assert result.series["vus"].values["max"] == 5  # untagged points are kept
+
+
+def test_the_load_check_says_how_much_warm_up_was_left_out():
+    from gates.rules.evaluation import evaluate_load
+
+    check = evaluate_load(parse(warmed_up_run(), warmup_tag=("perfgate_phase", "warmup")), 2)
+    assert check.reason == "4 requests measured (warm-up of 9.5 s, 3 requests, excluded), at least 2 needed"
+    assert check.observed == 4.0
+    too_few = evaluate_load(parse(warmed_up_run(), warmup_tag=("perfgate_phase", "warmup")), 5)
+    assert too_few.reason.startswith("insufficient load: 4 requests measured (warm-up of 9.5 s, 3 requests")
+    assert evaluate_load(parse(warmed_up_run()), 2).reason == "7 requests, at least 2 needed"
+
+
+def test_without_a_warm_up_tag_every_point_counts_as_before():
+    result = parse(warmed_up_run())
+    assert result.series["http_reqs"].values["count"] == 7
+    assert result.series["http_req_duration"].values["max"] == 900.0
+    assert result.duration_seconds == 20.5 and result.warmup is None
+
+
+def test_warm_up_points_in_another_utc_offset_or_first_in_the_file_are_left_out_too():
+    result = parse(
+        ndjson(
+            point("http_reqs", 1, "2026-11-24T11:00:01+01:00", tags=WARMUP),  # before any Metric line
+            declare("http_reqs", "counter"),
+            point("http_reqs", 1, "2026-11-24T10:00:02Z", tags=WARMUP),
+            point("http_reqs", 1, "2026-11-24T10:00:02.5Z", tags=MEASURED),
+            point("http_reqs", 1, "2026-11-24T10:00:04.5Z", tags=MEASURED),
+        ),
+        warmup_tag=("perfgate_phase", "warmup"),
+    )
+    assert result.series["http_reqs"].values["count"] == 2
+    assert result.duration_seconds == 2.0  # from the first measured point, after the warm-up
+    assert (result.warmup.seconds, result.warmup.requests) == (1.0, 2)
+
+
+def test_a_file_without_warm_up_points_has_no_warm_up_even_when_asked():
+    result = parse(
+        warmed_up_run().replace(b'"perfgate_phase":"warmup"', b'"other":"x"'),
+        warmup_tag=("perfgate_phase", "warmup"),
+    )
+    assert result.warmup is None and result.series["http_reqs"].values["count"] == 7

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from gates.results.base import COUNTER, GAUGE, RATE, TREND, ResultSet, Series, normalize_tags
 from gates.rules import (
-    DEFAULT_RELATIVE,
     KNOWN_METRICS,
     AbsoluteRule,
     BaselineValue,
@@ -25,7 +24,6 @@ from gates.rules import (
     aggregate_verdict,
     check_aggregation,
     default_direction,
-    default_relative_rules,
     evaluate_absolute,
     evaluate_load,
     evaluate_relative,
@@ -1046,29 +1044,6 @@ def test_invalid_rule_fields_are_rejected(fields, message):
 )
 def test_default_direction_knows_which_change_is_worse(metric, kind, aggregation, direction):
     assert default_direction(metric, kind, aggregation) == direction
-
-
-def test_the_product_defaults_are_readable_data():
-    assert DEFAULT_RELATIVE["latency_p95"]["warn_pct"] == 5.0
-    assert DEFAULT_RELATIVE["latency_p95"]["fail_pct"] == 10.0
-    assert DEFAULT_RELATIVE["latency_p99"]["fail_pct"] == 20.0
-    assert DEFAULT_RELATIVE["throughput"]["direction"] == "down"
-    assert DEFAULT_RELATIVE["error_rate"]["floor"] == 0.005
-    assert DEFAULT_RELATIVE["error_rate"]["fail_pct"] == 100.0
-    latency = [spec for spec in DEFAULT_RELATIVE.values() if spec["metric"] == "http_req_duration"]
-    assert {spec["floor"] for spec in latency} == {5.0}
-
-
-def test_the_product_defaults_build_valid_rules():
-    rules = default_relative_rules()
-    assert [rule.label for rule in rules] == [
-        "http_req_duration p(95) relative",
-        "http_req_duration p(99) relative",
-        "http_reqs rate relative",
-        "http_req_failed rate relative",
-    ]
-    for rule in rules:
-        validate_absolute_rule(str(rule.selector), f"{rule.aggregation}<1")
 
 
 # The validation's verdict

@@ -4,27 +4,28 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
+from guardian.shortcuts import assign_perm
 
 from gates.audit import Actor
-from gates.errors import InvalidState
+from gates.errors import InvalidState, NotPermitted
 from gates.models import AuditEvent, Validation
 from gates.services import (
+    validation_block,
     validation_cancel,
     validation_claim,
-    validation_create,
     validation_evaluate,
     validation_reap_expired,
     validation_renew_lease,
     validation_request,
 )
-from tests.factories import make_results
+from tests.factories import make_results, make_validation
 
 ACTOR = Actor("user", "olivia-ops")
 
 
 @pytest.fixture
 def queued(project, staging):
-    validation, _ = validation_create(
+    validation, _ = make_validation(
         project=project, environment=staging, build_id="b-1", git_hash="a" * 40, actor=ACTOR
     )
     return validation
@@ -54,14 +55,19 @@ def test_only_the_lease_holder_renews_it(queued):
 
 
 def test_the_reaper_ends_expired_leases_by_policy_and_leaves_live_ones(project, staging, production):
-    live, _ = validation_create(
+    live, _ = make_validation(
         project=project, environment=staging, build_id="live", git_hash="a" * 40, actor=ACTOR
     )
-    dead_staging, _ = validation_create(
+    dead_staging, _ = make_validation(
         project=project, environment=staging, build_id="dead", git_hash="a" * 40, actor=ACTOR
     )
-    dead_production, _ = validation_create(
-        project=project, environment=production, build_id="dead", git_hash="a" * 40, actor=ACTOR
+    dead_production, _ = make_validation(
+        project=project,
+        environment=production,
+        build_id="dead",
+        git_hash="a" * 40,
+        actor=ACTOR,
+        staging_pass=True,
     )
     for validation in (live, dead_staging, dead_production):
         validation_claim(validation_id=validation.pk, worker="host-a:1", lease_seconds=30)
@@ -113,7 +119,7 @@ def test_production_needs_a_passed_staging_validation_of_the_same_commit(project
     assert "passed staging validation of git hash " + "b" * 40 in refused.status_reason
     assert AuditEvent.objects.filter(action="validation.refused").count() == 1
 
-    passed, _ = validation_create(
+    passed, _ = make_validation(
         project=project, environment=staging, build_id="stg-1", git_hash="b" * 40, actor=ACTOR
     )
     validation_evaluate(validation=passed, results=make_results(), actor=ACTOR)
@@ -121,3 +127,16 @@ def test_production_needs_a_passed_staging_validation_of_the_same_commit(project
         project=project, environment=production, build_id="prod-2", git_hash="b" * 40, actor=ACTOR
     )
     assert allowed.status == "queued"
+
+
+def test_a_person_without_the_block_right_can_neither_cancel_nor_block(project, staging, auditor, ops):
+    validation, _ = make_validation(
+        project=project, environment=staging, build_id="b-x", git_hash="c" * 40, actor=ACTOR
+    )
+    with pytest.raises(NotPermitted, match="block_deployment"):
+        validation_cancel(validation=validation, reason="Wrong branch.", actor=Actor.for_user(auditor))
+    with pytest.raises(NotPermitted, match="block_deployment"):
+        validation_block(validation=validation, reason="Freeze.", actor=Actor.for_user(auditor))
+    assign_perm("gates.block_deployment", ops, project)
+    blocked = validation_block(validation=validation, reason="Freeze.", actor=Actor.for_user(ops))
+    assert blocked.status == Validation.Status.BLOCKED

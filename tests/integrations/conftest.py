@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from integrations.github import forget_installation_tokens
+from integrations.github.client import forget_installation_tokens
 from integrations.models import GitHubConnection
 from tests.fake_github import FakeGitHub, generate_private_key_pem
 

@@ -15,19 +15,20 @@ from django.utils import timezone
 from gates.audit import Actor
 from gates.models import Validation
 from gates.report import markdown_table
-from gates.services import validation_block, validation_claim, validation_create, validation_evaluate
+from gates.services import validation_block, validation_claim, validation_evaluate
 from integrations import http, outbox
-from integrations.github import GitHubClient, app_jwt, comment_marker
+from integrations.github.client import GitHubClient, app_jwt
+from integrations.github.report import comment_marker
 from integrations.models import GitHubConnection, OutboundCall
 from integrations.secrets import SecretUnreadable
-from tests.factories import make_results
+from tests.factories import make_results, make_validation
 
 ACTOR = Actor("user", "olivia-ops")
 SHA = "3f4a1c2b9d8e7f60123456789abcdef012345678"
 
 
 def start(project, environment, *, build="b-1", sha=SHA, pr=42):
-    validation, _ = validation_create(
+    validation, _ = make_validation(
         project=project,
         environment=environment,
         build_id=build,
@@ -177,6 +178,43 @@ def test_retry_after_and_rate_limit_resets_are_honoured(project, staging, token_
     assert refused, "the rate limit was hit"
     resumed = [r for r in fake.requests if r.status == 201]
     assert resumed[-1].at >= refused[0].at + 1.5
+
+
+@pytest.mark.parametrize(
+    ("headers", "wait"),
+    [
+        ({"Retry-After": "7"}, 7.0),
+        ({"Retry-After": "Wed, 21 Oct 2015 07:28:30 GMT"}, 30.0),
+        ({"Retry-After": "Wed, 21 Oct 2015 07:28:30 -0000"}, 30.0),
+        ({"Retry-After": "Wed, 21 Oct 2015 07:27:00 GMT"}, 0.0),
+        ({"Retry-After": "soon"}, None),
+        ({"Retry-After": "Wed, 99 Oct 2015 07:28:30 GMT"}, None),
+        ({"Retry-After": "inf"}, None),
+        ({"Retry-After": "nan"}, None),
+        ({"Retry-After": "-5"}, None),
+        ({"Retry-After": "soon", "x-ratelimit-remaining": "0", "x-ratelimit-reset": "1445412520"}, 40.0),
+        ({"x-ratelimit-remaining": "0", "x-ratelimit-reset": "later"}, None),
+    ],
+)
+def test_a_retry_after_that_is_no_number_or_date_is_ignored(headers, wait):
+    now = 1445412480.0  # Wed, 21 Oct 2015 07:28:00 GMT
+    assert http.wait_asked_for(headers, now=now) == wait
+
+
+def test_a_garbled_retry_after_falls_back_to_backoff_and_delivery_goes_on(
+    project, staging, token_connection, fake, settings
+):
+    settings.PERFGATE_OUTBOX_MAX_BACKOFF_SECONDS = 1
+    fake.fail_next(1, status=503, retry_after="soon")
+    start(project, staging, pr=None)
+    before = timezone.now()
+    report = outbox.deliver_due()
+    call = OutboundCall.objects.get()
+    assert report.retrying == 1 and (call.state, call.attempts) == ("pending", 1)
+    assert (call.next_attempt_at - before).total_seconds() < 5, "the backoff, not a made-up wait"
+    assert "503" in call.last_error
+    assert outbox.deliver_due(wait_seconds=5).sent == 1
+    assert OutboundCall.objects.get().state == "delivered"
 
 
 def test_a_refused_call_is_given_up_without_holding_back_the_next(project, staging, token_connection, fake):

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from gates.audit import Actor
-from gates.services import validation_create
 from integrations.models import OutboundCall, WebhookDelivery
+from tests.factories import make_validation
 from tests.integrations.conftest import fixture_payload, send_webhook
 from tests.qcluster import qcluster, wait_for
 
@@ -21,7 +21,7 @@ def test_a_worker_delivers_the_outbox_and_acts_on_a_webhook(client, project, sta
     project.save(update_fields=["repository"])
     fake.outage(503)  # GitHub is down when the validation starts
     with qcluster():
-        validation_create(
+        make_validation(
             project=project,
             environment=staging,
             build_id="w-1",

@@ -4,13 +4,17 @@ from datetime import timedelta
 from io import StringIO
 
 import pytest
+from django.contrib.auth.models import Group, Permission
 from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
+from guardian.shortcuts import assign_perm
 
-from gates.models import AuditEvent
+from gates.audit import Actor
+from gates.errors import NotPermitted
+from gates.models import AuditEvent, Environment, Project
 from integrations.models import ApiToken, hash_token
-from integrations.services import token_revoke
+from integrations.services import token_create, token_revoke
 from perfgate_site.limits import TokenRateThrottle
 from tests.conftest import Api, make_token
 
@@ -177,3 +181,106 @@ def test_processes_share_one_budget_that_is_never_exceeded(project, monkeypatch,
         monkeypatch.setattr(TokenRateThrottle, "_allowances", processes[request % 2])
         allowed += api.get("/api/ci-cd/performance/history").status_code == 200
     assert 50 - 2 * 10 <= allowed <= 50
+
+
+@pytest.fixture
+def other_token(db):
+    other = Project.objects.create(slug="other-shop", name="Other shop", allowed_hosts=["127.0.0.1"])
+    Environment.objects.create(project=other, name="staging")
+    return make_token(other, "ci")[0]
+
+
+@pytest.fixture
+def token_ops(ops, project):
+    """Ops who manage wedsync-web's configuration, tokens included, and may open the token admin."""
+    ops.groups.add(Group.objects.get(name="ops"))
+    ops.user_permissions.add(*Permission.objects.filter(codename__in=["view_apitoken", "add_apitoken"]))
+    assign_perm("gates.change_thresholds", ops, project)
+    return ops
+
+
+def revoke_in_admin(client, *tokens):
+    return client.post(
+        reverse("admin:integrations_apitoken_changelist"),
+        {"action": "revoke", "_selected_action": [str(t.pk) for t in tokens]},
+        follow=True,
+    )
+
+
+def test_an_auditor_sees_every_token_read_only_and_cannot_revoke_one(auditor_client, project, other_token):
+    token, plaintext = make_token(project, "ci")
+    listing = auditor_client.get(reverse("admin:integrations_apitoken_changelist")).content.decode()
+    assert token.token_prefix in listing and other_token.token_prefix in listing
+    assert 'value="revoke"' not in listing
+    assert auditor_client.get(reverse("admin:integrations_apitoken_add")).status_code == 403
+
+    revoke_in_admin(auditor_client, token, other_token)
+    assert not ApiToken.objects.filter(revoked_at__isnull=False).exists()
+    assert validate(Api(plaintext)).status_code == 202
+
+
+def test_ops_see_and_revoke_only_their_projects_tokens(client, token_ops, project, other_token):
+    token, plaintext = make_token(project, "ci")
+    client.force_login(token_ops)
+    listing = client.get(reverse("admin:integrations_apitoken_changelist")).content.decode()
+    assert token.token_prefix in listing and other_token.token_prefix not in listing
+    assert 'value="revoke"' in listing
+
+    response = revoke_in_admin(client, token, other_token)
+    assert "is revoked" in response.content.decode()
+    token.refresh_from_db()
+    other_token.refresh_from_db()
+    assert token.revoked_at is not None and other_token.revoked_at is None
+    assert validate(Api(plaintext)).status_code == 401
+    assert AuditEvent.objects.get(action="token.revoked").actor == "user:olivia-ops"
+
+
+def test_ops_without_a_right_on_any_project_are_offered_no_token_action(client, ops, project):
+    ops.user_permissions.add(*Permission.objects.filter(codename__in=["view_apitoken", "add_apitoken"]))
+    token, _ = make_token(project, "ci")
+    client.force_login(ops)
+    assert client.get(reverse("admin:integrations_apitoken_add")).status_code == 403
+    revoke_in_admin(client, token)
+    token.refresh_from_db()
+    assert token.revoked_at is None
+
+
+def test_revoking_a_token_takes_change_thresholds_on_its_project(project, ops, auditor, other_token):
+    token, _ = make_token(project, "ci")
+    auditor.groups.add(Group.objects.get(name="auditors"))
+    for person in (auditor, ops):
+        with pytest.raises(NotPermitted, match="may not revoke tokens of wedsync-web"):
+            token_revoke(token=token, actor=Actor.for_user(person), reason="leaked")
+    assign_perm("gates.change_thresholds", ops, project)
+    with pytest.raises(NotPermitted):
+        token_revoke(token=other_token, actor=Actor.for_user(ops), reason="not mine")
+    token_revoke(token=token, actor=Actor.for_user(ops), reason="leaked")
+    token.refresh_from_db()
+    assert token.revoked_at is not None
+    assert list(AuditEvent.objects.filter(action="token.revoked").values_list("actor", flat=True)) == [
+        "user:olivia-ops"
+    ]
+
+
+def test_a_person_makes_a_token_that_can_block_only_with_block_deployment(project, ops):
+    assign_perm("gates.change_thresholds", ops, project)
+    as_ops = Actor.for_user(ops)
+    token_create(project=project, role="ci", name="read and validate", actor=as_ops)
+    for kwargs in ({"role": "ops"}, {"role": "ci", "can_block": True}):
+        with pytest.raises(NotPermitted, match="block_deployment"):
+            token_create(project=project, name="can block", actor=as_ops, **kwargs)
+    assign_perm("gates.block_deployment", ops, project)
+    token_create(project=project, role="ops", name="can block", actor=as_ops)
+    assert sorted(ApiToken.objects.values_list("role", flat=True)) == ["ci", "ops"]
+
+
+def test_a_refused_token_in_the_admin_is_a_message_not_a_server_error(client, token_ops, project):
+    client.force_login(token_ops)
+    response = client.post(
+        reverse("admin:integrations_apitoken_add"),
+        {"name": "deployer", "project": project.pk, "role": "ops", "owner": "", "expires_days": ""},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert "needs the block_deployment right" in response.content.decode()
+    assert not ApiToken.objects.exists()

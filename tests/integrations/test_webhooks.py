@@ -7,20 +7,24 @@ import json
 import threading
 import time
 import uuid
+from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 
 from gates import execution
 from gates.audit import Actor
 from gates.models import Scenario, Validation
-from gates.services import validation_claim, validation_create, validation_evaluate
-from integrations import outbox
+from gates.services import validation_claim, validation_evaluate
+from integrations import outbox, webhooks
+from integrations.github.workflows import WorkflowFailed, extract_artifact
 from integrations.models import DeploymentReview, WebhookDelivery
 from integrations.webhooks import signature_valid, webhook_process
-from integrations.workflows import WorkflowFailed, extract_artifact
-from tests.factories import make_results
+from tests.factories import make_results, make_validation
 from tests.integrations.conftest import fixture_payload, send_webhook, signature, zip_of
+from tests.qcluster import wait_for
 
 ACTOR = Actor("user", "olivia-ops")
 LOCUST_STATS = (
@@ -83,6 +87,92 @@ def test_a_replayed_delivery_is_acknowledged_once_and_processed_once(client, pro
     assert DeploymentReview.objects.count() == 1
 
 
+class WorkerKilled(BaseException):
+    """What a worker killed mid-task looks like from inside: nothing after it runs."""
+
+
+def test_a_delivery_whose_worker_died_is_not_processed_and_is_taken_again_when_its_claim_expires(
+    client, project, app_connection, fake, monkeypatch
+):
+    project.repository = "Codertocat/Hello-World"
+    project.save(update_fields=["repository"])
+    send_webhook(client, "deployment_protection_rule", _protection_rule_body(fake, run_id=5003))
+    [stored] = WebhookDelivery.objects.all()
+    real_handler = webhooks._deployment_protection_rule
+
+    def dies_after_the_work(payload, delivery, downloaded):
+        real_handler(payload, delivery, downloaded)
+        assert DeploymentReview.objects.count() == 1, "the work was done, not yet committed"
+        raise WorkerKilled
+
+    monkeypatch.setitem(webhooks.HANDLERS, "deployment_protection_rule", dies_after_the_work)
+    with pytest.raises(WorkerKilled):
+        webhook_process(stored.pk)
+
+    stored.refresh_from_db()
+    assert stored.state == "processing" and stored.claimed_until is not None
+    assert DeploymentReview.objects.count() == 0, "the dead worker's writes went with it"
+    monkeypatch.setitem(webhooks.HANDLERS, "deployment_protection_rule", real_handler)
+    assert webhook_process(stored.pk) == "being processed by another worker"
+    assert webhooks.webhook_process_abandoned() == 0, "not before the claim expires"
+    assert DeploymentReview.objects.count() == 0
+
+    # The claim's time passes with nobody renewing it.
+    WebhookDelivery.objects.filter(pk=stored.pk).update(claimed_until=timezone.now() - timedelta(seconds=1))
+    assert webhooks.webhook_process_abandoned() == 1
+    stored.refresh_from_db()
+    assert (stored.state, stored.claimed_until) == ("processed", None)
+    assert stored.processed_at is not None and "waits on validation" in stored.result
+    assert DeploymentReview.objects.count() == 1
+    assert webhook_process(stored.pk) == "already processed"
+    assert DeploymentReview.objects.count() == 1
+
+
+def test_a_delivery_is_marked_processed_only_together_with_the_works_writes(
+    client, project, app_connection, fake, monkeypatch
+):
+    project.repository = "Codertocat/Hello-World"
+    project.save(update_fields=["repository"])
+    send_webhook(client, "deployment_protection_rule", _protection_rule_body(fake, run_id=5004))
+    [stored] = WebhookDelivery.objects.all()
+    real_handler = webhooks._deployment_protection_rule
+    seen = []
+
+    def watched(payload, delivery, downloaded):
+        seen.append(WebhookDelivery.objects.get(pk=delivery.pk).state)
+        return real_handler(payload, delivery, downloaded)
+
+    monkeypatch.setitem(webhooks.HANDLERS, "deployment_protection_rule", watched)
+    result = webhook_process(stored.pk)
+    assert seen == ["processing"], "not processed while the work runs"
+    stored.refresh_from_db()
+    assert (stored.state, stored.result) == ("processed", result)
+    assert DeploymentReview.objects.count() == 1
+
+
+def test_a_handler_that_fails_leaves_the_delivery_failed_with_none_of_its_writes(
+    client, project, app_connection, fake, monkeypatch
+):
+    project.repository = "Codertocat/Hello-World"
+    project.save(update_fields=["repository"])
+    send_webhook(client, "deployment_protection_rule", _protection_rule_body(fake, run_id=5005))
+    [stored] = WebhookDelivery.objects.all()
+    real_handler = webhooks._deployment_protection_rule
+
+    def fails_after_the_work(payload, delivery, downloaded):
+        real_handler(payload, delivery, downloaded)
+        raise RuntimeError("the callback URL vanished")
+
+    monkeypatch.setitem(webhooks.HANDLERS, "deployment_protection_rule", fails_after_the_work)
+    with pytest.raises(RuntimeError):
+        webhook_process(stored.pk)
+    stored.refresh_from_db()
+    assert (stored.state, stored.claimed_until) == ("failed", None)
+    assert stored.result == "RuntimeError: the callback URL vanished"
+    assert DeploymentReview.objects.count() == 0
+    assert webhook_process(stored.pk) == "already failed"
+
+
 def test_a_webhook_is_answered_at_once_and_its_work_queued(client, project, app_connection, fake):
     project.repository = "Codertocat/Hello-World"
     project.save(update_fields=["repository"])
@@ -116,7 +206,7 @@ def test_a_protection_rule_is_approved_once_the_validation_passes(
     project.repository = "Codertocat/Hello-World"
     project.save(update_fields=["repository"])
     sha = fixture_payload("deployment_protection_rule.requested.json")["deployment"]["sha"]
-    staged, _ = validation_create(
+    staged, _ = make_validation(
         project=project, environment=staging, build_id="s-1", git_hash=sha, actor=ACTOR
     )
     validation_evaluate(validation=staged, results=make_results(p95=100.0), actor=ACTOR)
@@ -224,7 +314,7 @@ def test_a_rerequested_check_run_validates_the_build_again(client, project, stag
     payload = fixture_payload("check_run.rerequested.json")
     project.repository = payload["repository"]["full_name"]
     project.save(update_fields=["repository"])
-    original, _ = validation_create(
+    original, _ = make_validation(
         project=project,
         environment=staging,
         build_id="b-7",
@@ -246,11 +336,39 @@ def test_a_rerequested_check_run_validates_the_build_again(client, project, stag
     assert (first.json()["status"], redelivered.json()["status"]) == ("queued", "duplicate")
 
 
+@contextmanager
+def alongside(work, *, timeout: float = 30.0):
+    """Runs ``work`` in a thread while the block runs (GitHub Actions, beside the worker); when
+    the block ends, waits for it at most ``timeout`` seconds and re-raises what it raised."""
+    failures = []
+
+    def guarded():
+        try:
+            work()
+        except BaseException as exc:  # handed to the test's thread below
+            failures.append(exc)
+
+    thread = threading.Thread(target=guarded, name=work.__name__, daemon=True)
+    thread.start()
+    yield
+    thread.join(timeout)
+    assert not thread.is_alive(), f"{work.__name__} did not finish within {timeout:.0f} s"
+    if failures:
+        raise failures[0]
+
+
+def dispatched(fake) -> list[dict]:
+    return wait_for(
+        lambda: fake.dispatches, timeout=10, interval=0.05, what="perfgate to dispatch the workflow"
+    )
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("run_details", [True, False], ids=["run-id-returned", "found-by-correlation-id"])
 def test_a_github_workflow_scenario_dispatches_follows_and_ingests_the_run(
-    project, staging, app_connection, fake, run_details
+    project, staging, app_connection, fake, run_details, settings
 ):
+    settings.PERFGATE_WORKFLOW_TIMEOUT_MINUTES = 1  # a run that never completes fails the test in time
     fake.run_details_supported = run_details
     Scenario.objects.filter(project=project).update(is_default=False)
     Scenario.objects.create(
@@ -261,24 +379,19 @@ def test_a_github_workflow_scenario_dispatches_follows_and_ingests_the_run(
         is_default=True,
         min_requests=1,
     )
-    validation, _ = validation_create(
+    validation, _ = make_validation(
         project=project, environment=staging, build_id="b-9", git_hash="d" * 40, actor=ACTOR
     )
 
     def finish_the_run():
-        deadline = time.monotonic() + 10
-        while not fake.dispatches and time.monotonic() < deadline:
-            time.sleep(0.05)
+        run_id = dispatched(fake)[0]["run_id"]
         time.sleep(0.3)  # the worker sees it running for a while
         fake.complete_run(
-            fake.dispatches[0]["run_id"],
-            artifacts={"perfgate-results": zip_of({"stats/locust_stats.csv": LOCUST_STATS})},
+            run_id, artifacts={"perfgate-results": zip_of({"stats/locust_stats.csv": LOCUST_STATS})}
         )
 
-    github_actions = threading.Thread(target=finish_the_run)
-    github_actions.start()
-    execution.execute(validation.pk)
-    github_actions.join()
+    with alongside(finish_the_run):
+        execution.execute(validation.pk)
 
     validation.refresh_from_db()
     [dispatch] = fake.dispatches
@@ -290,21 +403,20 @@ def test_a_github_workflow_scenario_dispatches_follows_and_ingests_the_run(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_failed_workflow_run_ends_the_validation_with_the_reason(project, staging, app_connection, fake):
+def test_a_failed_workflow_run_ends_the_validation_with_the_reason(
+    project, staging, app_connection, fake, settings
+):
+    settings.PERFGATE_WORKFLOW_TIMEOUT_MINUTES = 1  # a run that never completes fails the test in time
     Scenario.objects.filter(project=project).update(tool=Scenario.Tool.GITHUB)
-    validation, _ = validation_create(
+    validation, _ = make_validation(
         project=project, environment=staging, build_id="b-10", git_hash="e" * 40, actor=ACTOR
     )
 
     def fail_the_run():
-        while not fake.dispatches:
-            time.sleep(0.05)
-        fake.complete_run(fake.dispatches[0]["run_id"], conclusion="failure")
+        fake.complete_run(dispatched(fake)[0]["run_id"], conclusion="failure")
 
-    thread = threading.Thread(target=fail_the_run)
-    thread.start()
-    execution.execute(validation.pk)
-    thread.join()
+    with alongside(fail_the_run):
+        execution.execute(validation.pk)
     validation.refresh_from_db()
     assert validation.verdict == "error"
     assert "ended failure" in validation.status_reason

@@ -1,22 +1,36 @@
-"""manage.py apply_config perfgate.yaml [--dry-run]: configuration as code."""
+"""manage.py apply_config perfgate.yaml [--dry-run] | --schema: configuration as code."""
+
+import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from gates.config import ConfigError, config_apply, load_config
+from gates.config import ConfigError, config_apply, config_json_schema, load_config
 from gates.management.commands._common import USAGE_ERROR, cli_actor
 
 
 class Command(BaseCommand):
     help = (
         "Create or update projects, environments, scenarios and rules from a perfgate.yaml, "
-        "idempotently; print what changed."
+        "idempotently; print what changed. --schema prints the file's JSON Schema instead."
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("config_file", metavar="FILE")
+        parser.add_argument("config_file", metavar="FILE", nargs="?")
         parser.add_argument("--dry-run", action="store_true", help="Print the changes without applying them.")
+        parser.add_argument(
+            "--schema",
+            action="store_true",
+            help="Print the JSON Schema of perfgate.yaml (docs/perfgate.schema.json) and exit.",
+        )
 
     def handle(self, *args, **options):
+        if options["schema"]:
+            self.stdout.write(json.dumps(config_json_schema(), indent=2, ensure_ascii=False))
+            return
+        if not options["config_file"]:
+            raise CommandError(
+                "Name the perfgate.yaml to apply (or ask for --schema).", returncode=USAGE_ERROR
+            )
         try:
             projects, source = load_config(options["config_file"])
         except ConfigError as exc:

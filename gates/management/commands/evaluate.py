@@ -6,7 +6,6 @@ Exit status: 0 when the deployment is allowed, 1 when it is blocked, 2 on a usag
 
 from django.core.management.base import BaseCommand, CommandError
 
-from gates import selectors
 from gates.errors import ServiceError
 from gates.management.commands._common import (
     USAGE_ERROR,
@@ -15,7 +14,7 @@ from gates.management.commands._common import (
     render_validation,
 )
 from gates.results import FORMATS
-from gates.services import validation_ingest
+from gates.services import validation_request
 
 
 class Command(BaseCommand):
@@ -32,15 +31,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         project, environment = project_and_environment(options["project"], options["environment"])
-        scenario = None
-        if options["scenario"]:
-            scenario = selectors.scenario_for(project, options["scenario"])
-            if scenario is None:
-                raise CommandError(
-                    f"Project {project.slug} has no scenario {options['scenario']!r}.", returncode=USAGE_ERROR
-                )
         try:
-            validation, created = validation_ingest(
+            validation, created = validation_request(
                 project=project,
                 environment=environment,
                 build_id=options["build"],
@@ -48,7 +40,7 @@ class Command(BaseCommand):
                 results=options["results_file"],
                 results_format=options["format"],
                 actor=cli_actor(),
-                scenario=scenario,
+                test_config={"scenario": options["scenario"]} if options["scenario"] else None,
             )
         except ServiceError as exc:
             raise CommandError(exc.detail, returncode=USAGE_ERROR) from exc

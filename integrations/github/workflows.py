@@ -1,11 +1,12 @@
 """Load tests that run in the project's performance workflow on GitHub Actions.
 
-A scenario with the tool "GitHub workflow" is run by a perfgate worker like any other: it
-dispatches the workflow (inputs: ``correlation_id``, ``environment``, ``git_hash``,
-``build_id``), finds the run (GitHub returns its id with ``return_run_details``; otherwise the
-run whose title carries the correlation id), follows it while renewing its lease, downloads the
-results artifact and hands them to the gate. A ``workflow_run`` webhook for a run perfgate did
-not start is evaluated directly.
+A scenario with the tool "GitHub workflow" is run by a perfgate worker like any other, through
+``workflow_runner`` (registered with the gate as that tool's runner): it dispatches the workflow
+(inputs: ``correlation_id``, ``environment``, ``git_hash``, ``build_id``), finds the run (GitHub
+returns its id with ``return_run_details``; otherwise the run whose title carries the
+correlation id), follows it while renewing its lease, downloads the results artifact and hands
+them to the gate. A ``workflow_run`` webhook for a run perfgate did not start is evaluated
+directly.
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from django.conf import settings
-from django.db import transaction
 
 from gates.audit import Actor
 from gates.errors import ServiceError
+from gates.execution import RunFailed, Stopped, ScenarioRun
 from gates.models import Validation
-from gates.services import validation_ingest, validation_request
+from gates.results import parse_results
+from gates.results.base import ParseError, ResultSet
+from gates.services import validation_request
 from integrations import http
-from integrations.github import GitHubClient
+from integrations.github.client import GitHubClient
 from integrations.models import GitHubConnection
 
 logger = logging.getLogger(__name__)
@@ -174,8 +177,25 @@ def run_workflow(validation: Validation, workdir: Path, *, keep_going: Callable[
     return fetch_results(client, repository, run_id, connection.artifact_name, workdir)
 
 
-class Stopped(Exception):
-    """``keep_going`` said stop (cancelled, or the lease was lost)."""
+def workflow_runner(run: ScenarioRun) -> ResultSet:
+    """The runner of the "GitHub workflow" tool: the test runs in the project's performance
+    workflow on GitHub Actions; this worker follows it, holding the lease, and evaluates its
+    results artifact."""
+
+    def keep_going(elapsed: float) -> bool:
+        run.tick(elapsed, 0)
+        return not run.should_stop()
+
+    submetrics, percentiles = run.parser_needs
+    with tempfile.TemporaryDirectory(prefix="perfgate-workflow-") as workdir:
+        try:
+            path = run_workflow(run.validation, Path(workdir), keep_going=keep_going)
+        except WorkflowFailed as exc:
+            raise RunFailed(str(exc)) from None
+        try:
+            return parse_results(path, name=path.name, submetrics=submetrics, percentiles=percentiles)
+        except ParseError as exc:
+            raise RunFailed(f"The workflow's results could not be read: {exc}") from None
 
 
 def _pause(keep_going, started: float) -> None:
@@ -204,47 +224,52 @@ def _with_retries(action, deadline: float, keep_going, started: float):
             raise WorkflowFailed(f"GitHub refused: {exc}") from None
 
 
-def workflow_run_completed(*, connection: GitHubConnection, run: dict, actor: Actor) -> str:
-    """A ``workflow_run`` of the performance workflow completed. A run perfgate dispatched is
-    followed by its worker; any other run is evaluated here, for ``workflow_environment``."""
+def workflow_run_results(*, connection: GitHubConnection, run: dict, workdir: Path) -> Path | str:
+    """A ``workflow_run`` of the performance workflow completed; step one, outside any
+    transaction because it downloads: the results of a run perfgate did not start (a run it
+    dispatched is followed by its worker), or a sentence saying why there is nothing to evaluate."""
     project = connection.project
     run_id = int(run["id"])
     followed = Validation.objects.filter(project=project, deployment_context__workflowRunId=run_id).first()
     if followed is not None:
         return f"run {run_id} belongs to validation {followed.pk}, followed by its worker"
-    environment = project.environments.filter(name=connection.workflow_environment).first()
-    if environment is None:
+    if not project.environments.filter(name=connection.workflow_environment).exists():
         return f"the project has no environment {connection.workflow_environment!r}"
-    build_id = f"workflow-run-{run_id}"
     if run.get("conclusion") != "success":
         return f"run {run_id} ended {run.get('conclusion')}; nothing to evaluate"
-    with tempfile.TemporaryDirectory(prefix="perfgate-artifact-") as workdir:
-        try:
-            path = fetch_results(
-                GitHubClient(connection), project.repository, run_id, connection.artifact_name, Path(workdir)
-            )
-            with transaction.atomic():
-                validation, _ = validation_ingest(
-                    project=project,
-                    environment=environment,
-                    build_id=build_id,
-                    git_hash=str(run.get("head_sha", "")),
-                    results=path,
-                    results_name=path.name,
-                    actor=actor,
-                    deployment_context={
-                        "provider": "github",
-                        "repository": project.repository,
-                        "ref": run.get("head_branch") or "",
-                        "pullRequest": next(
-                            (pr.get("number") for pr in run.get("pull_requests") or []), None
-                        ),
-                        "runUrl": run.get("html_url"),
-                        "workflowRunId": run_id,
-                    },
-                )
-        except (WorkflowFailed, ServiceError) as exc:
-            return f"run {run_id}: {exc}"
+    try:
+        return fetch_results(
+            GitHubClient(connection), project.repository, run_id, connection.artifact_name, workdir
+        )
+    except WorkflowFailed as exc:
+        return f"run {run_id}: {exc}"
+
+
+def workflow_run_evaluate(*, connection: GitHubConnection, run: dict, results: Path, actor: Actor) -> str:
+    """Step two, in the caller's transaction: evaluate the downloaded results as a validation of
+    ``workflow_environment`` (build ``workflow-run-<id>``)."""
+    project = connection.project
+    run_id = int(run["id"])
+    try:
+        validation, _ = validation_request(
+            project=project,
+            environment=project.environments.get(name=connection.workflow_environment),
+            build_id=f"workflow-run-{run_id}",
+            git_hash=str(run.get("head_sha", "")),
+            results=results,
+            results_name=results.name,
+            actor=actor,
+            deployment_context={
+                "provider": "github",
+                "repository": project.repository,
+                "ref": run.get("head_branch") or "",
+                "pullRequest": next((pr.get("number") for pr in run.get("pull_requests") or []), None),
+                "runUrl": run.get("html_url"),
+                "workflowRunId": run_id,
+            },
+        )
+    except ServiceError as exc:
+        return f"run {run_id}: {exc}"
     return f"run {run_id} evaluated: validation {validation.pk} {validation.status}"
 
 
