@@ -30,11 +30,34 @@ class Guest(FastHttpUser):
 """
 
 
+# One guest-list user for tests that drive Locust through perfgate or its driver.
+GUEST_LIST_LOCUSTFILE = """
+from locust import FastHttpUser, constant, task
+
+
+class Guest(FastHttpUser):
+    wait_time = constant(0.01)
+
+    @task
+    def guests(self):
+        self.client.get("/api/guests", name="guest-list")
+"""
+
+
 def pytest_collection_modifyitems(items):
     # A test that needs a real load tool run is slow, whichever module it is in.
     for item in items:
         if {"k6_outputs", "locust_outputs"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def quiet_target():
+    """The sample target at a steady 5 ms, for tests about the drivers rather than the numbers."""
+    server = start_in_thread(latency_ms=5.0, jitter_ms=0.0)
+    yield server
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture(scope="session")

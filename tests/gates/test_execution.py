@@ -16,22 +16,12 @@ from baselines.models import Baseline
 from gates.loadtest.sample_target import start_in_thread
 from gates.models import AuditEvent, Environment, Project, Run, Scenario, ThresholdRule, Validation
 from tests.conftest import Api, make_token
+from tests.gates.conftest import GUEST_LIST_LOCUSTFILE
 from tests.qcluster import qcluster, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 SCRIPT = (Path(__file__).resolve().parents[2] / "gates" / "demo" / "guest-list.js").read_text()
-LOCUSTFILE = """
-from locust import FastHttpUser, constant, task
-
-
-class Guest(FastHttpUser):
-    wait_time = constant(0.01)
-
-    @task
-    def guests(self):
-        self.client.get("/api/guests", name="guest-list")
-"""
 
 
 # As in the demo: latencies well above this machine's noise. A loaded 2-core host adds 10-20 ms to
@@ -275,7 +265,7 @@ def test_a_locust_scenario_runs_with_locust(gated, ci, target):
         project=gated,
         name="locust-guests",
         tool="locust",
-        script_text=LOCUSTFILE,
+        script_text=GUEST_LIST_LOCUSTFILE,
         target_url=target.url,
         vus=3,
         duration_seconds=3,

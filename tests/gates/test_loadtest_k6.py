@@ -7,7 +7,6 @@ import time
 import pytest
 
 from gates.loadtest.k6 import K6Spec, run_k6
-from gates.loadtest.sample_target import start_in_thread
 from gates.results import parse_results
 
 pytestmark = pytest.mark.slow
@@ -24,23 +23,19 @@ export function handleSummary(data) {
 """
 
 
-@pytest.fixture
-def target():
-    server = start_in_thread(latency_ms=5.0, jitter_ms=0.0)
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-def test_k6_sees_a_clean_environment_and_the_scenarios_load_not_the_scripts(tmp_path, target, monkeypatch):
+def test_k6_sees_a_clean_environment_and_the_scenarios_load_not_the_scripts(
+    tmp_path, quiet_target, monkeypatch
+):
     monkeypatch.setenv("SECRET_KEY", "must-not-leak")
     monkeypatch.setenv("PERFGATE_TOKEN", "pg_must-not-leak")
-    outcome = run_k6(K6Spec(ENV_DUMP, target.url, vus=2, duration_seconds=2), tmp_path, timeout_seconds=60)
+    outcome = run_k6(
+        K6Spec(ENV_DUMP, quiet_target.url, vus=2, duration_seconds=2), tmp_path, timeout_seconds=60
+    )
 
     assert outcome.completed and outcome.raw_path.stat().st_size > 0 and outcome.summary_path.exists()
     env = json.loads((tmp_path / "env.json").read_text())
     assert set(env) <= {"PATH", "HOME", "TMPDIR", "TARGET_URL", "K6_NO_USAGE_REPORT", "K6_NO_COLOR"}
-    assert env["TARGET_URL"] == target.url
+    assert env["TARGET_URL"] == quiet_target.url
     assert "must-not-leak" not in (tmp_path / "env.json").read_text()
     counts = json.loads((tmp_path / "counts.json").read_text())
     assert counts["vus_max"] == 2  # the scenario's 2 VUs, not the script's 50
@@ -48,16 +43,16 @@ def test_k6_sees_a_clean_environment_and_the_scenarios_load_not_the_scripts(tmp_
     assert outcome.elapsed_seconds < 30  # the scenario's 2 s, not the script's hour
 
 
-def test_an_arrival_rate_scenario_sends_that_many_requests_per_second(tmp_path, target):
-    spec = K6Spec(ENV_DUMP, target.url, vus=5, duration_seconds=3, arrival_rate=20, max_vus=10)
+def test_an_arrival_rate_scenario_sends_that_many_requests_per_second(tmp_path, quiet_target):
+    spec = K6Spec(ENV_DUMP, quiet_target.url, vus=5, duration_seconds=3, arrival_rate=20, max_vus=10)
     outcome = run_k6(spec, tmp_path, timeout_seconds=60)
     counts = json.loads((tmp_path / "counts.json").read_text())
     assert outcome.completed
     assert 50 <= counts["reqs"] <= 70  # 20/s for 3 s
 
 
-def test_the_warm_up_runs_first_and_its_requests_are_left_out_of_the_numbers(tmp_path, target):
-    spec = K6Spec(ENV_DUMP, target.url, vus=2, duration_seconds=2, warmup_seconds=2)
+def test_the_warm_up_runs_first_and_its_requests_are_left_out_of_the_numbers(tmp_path, quiet_target):
+    spec = K6Spec(ENV_DUMP, quiet_target.url, vus=2, duration_seconds=2, warmup_seconds=2)
     outcome = run_k6(spec, tmp_path, timeout_seconds=60)
     assert outcome.completed
     all_requests = json.loads((tmp_path / "counts.json").read_text())["reqs"]  # k6's own: warm-up too
@@ -82,8 +77,8 @@ def test_the_warm_up_runs_first_and_its_requests_are_left_out_of_the_numbers(tmp
     assert max(times["warmup"]) < min(times["measure"])
 
 
-def test_the_target_host_is_pinned_to_the_checked_address(tmp_path, target):
-    url = f"http://wedding.invalid:{target.server_address[1]}"  # .invalid never resolves
+def test_the_target_host_is_pinned_to_the_checked_address(tmp_path, quiet_target):
+    url = f"http://wedding.invalid:{quiet_target.server_address[1]}"  # .invalid never resolves
     spec = K6Spec(ENV_DUMP, url, vus=1, duration_seconds=1, hosts={"wedding.invalid": "127.0.0.1"})
     outcome = run_k6(spec, tmp_path, timeout_seconds=60)
     counts = json.loads((tmp_path / "counts.json").read_text())
@@ -91,18 +86,20 @@ def test_the_target_host_is_pinned_to_the_checked_address(tmp_path, target):
     assert b'"status":"200"' in outcome.raw_path.read_bytes()
 
 
-def test_a_test_that_outlives_its_hard_timeout_is_stopped(tmp_path, target):
+def test_a_test_that_outlives_its_hard_timeout_is_stopped(tmp_path, quiet_target):
     started = time.monotonic()
-    outcome = run_k6(K6Spec(ENV_DUMP, target.url, vus=1, duration_seconds=60), tmp_path, timeout_seconds=2)
+    outcome = run_k6(
+        K6Spec(ENV_DUMP, quiet_target.url, vus=1, duration_seconds=60), tmp_path, timeout_seconds=2
+    )
     assert outcome.timed_out and not outcome.completed
     assert time.monotonic() - started < 15
     assert outcome.exit_code is not None  # the process is gone, not left running
 
 
-def test_cancelling_stops_k6_at_the_next_tick(tmp_path, target):
+def test_cancelling_stops_k6_at_the_next_tick(tmp_path, quiet_target):
     started = time.monotonic()
     outcome = run_k6(
-        K6Spec(ENV_DUMP, target.url, vus=1, duration_seconds=60),
+        K6Spec(ENV_DUMP, quiet_target.url, vus=1, duration_seconds=60),
         tmp_path,
         timeout_seconds=120,
         should_cancel=lambda: time.monotonic() - started > 1.5,

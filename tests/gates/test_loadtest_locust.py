@@ -3,34 +3,14 @@
 import pytest
 
 from gates.loadtest.locust import LocustSpec, run_locust
-from gates.loadtest.sample_target import start_in_thread
 from gates.results import parse_results
+from tests.gates.conftest import GUEST_LIST_LOCUSTFILE
 
 pytestmark = pytest.mark.slow
 
-LOCUSTFILE = """
-from locust import FastHttpUser, constant, task
 
-
-class Guest(FastHttpUser):
-    wait_time = constant(0.01)
-
-    @task
-    def guests(self):
-        self.client.get("/api/guests", name="guest-list")
-"""
-
-
-@pytest.fixture
-def target():
-    server = start_in_thread(latency_ms=5.0, jitter_ms=0.0)
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-def test_the_warm_up_is_run_and_then_left_out_of_the_locust_stats(tmp_path, target):
-    spec = LocustSpec(LOCUSTFILE, target.url, users=2, duration_seconds=3, warmup_seconds=2)
+def test_the_warm_up_is_run_and_then_left_out_of_the_locust_stats(tmp_path, quiet_target):
+    spec = LocustSpec(GUEST_LIST_LOCUSTFILE, quiet_target.url, users=2, duration_seconds=3, warmup_seconds=2)
     outcome = run_locust(spec, tmp_path, timeout_seconds=60)
     assert outcome.completed, outcome.stderr_tail
 
@@ -44,8 +24,8 @@ def test_the_warm_up_is_run_and_then_left_out_of_the_locust_stats(tmp_path, targ
     assert 1.0 <= results.duration_seconds <= 3.5
 
 
-def test_without_a_warm_up_locust_measures_the_whole_run(tmp_path, target):
-    spec = LocustSpec(LOCUSTFILE, target.url, users=2, duration_seconds=2)
+def test_without_a_warm_up_locust_measures_the_whole_run(tmp_path, quiet_target):
+    spec = LocustSpec(GUEST_LIST_LOCUSTFILE, quiet_target.url, users=2, duration_seconds=2)
     outcome = run_locust(spec, tmp_path, timeout_seconds=60)
     assert outcome.completed and outcome.warmup is None
     assert not (tmp_path / "perfgate_warmup.py").exists()
