@@ -58,8 +58,28 @@ class OptionalChoiceField(serializers.ChoiceField):
         return super().to_representation(value) or None
 
 
+class StoredList(serializers.ListSerializer):
+    """A list the gate stored in this very shape when it decided (``gates.documents.report_of``):
+    shown as stored, not rebuilt item by item on every poll. The schema still describes it."""
+
+    def to_representation(self, data):
+        return data
+
+
+class StoredDict(serializers.DictField):
+    """A mapping stored in this very shape when the validation was decided; shown as stored."""
+
+    def to_representation(self, value):
+        return value
+
+
 @extend_schema_serializer(component_name="Check")
 class CheckSerializer(serializers.Serializer):
+    """One explained check, as ``gates.documents.report_of`` stores it."""
+
+    class Meta:
+        list_serializer_class = StoredList
+
     rule = serializers.CharField()
     kind = serializers.ChoiceField(["absolute", "relative", "load"])
     severity = serializers.ChoiceField(Severity.values)
@@ -110,7 +130,7 @@ class ValidationSerializer(serializers.Serializer):
     deploymentAllowed = serializers.BooleanField(source="deployment_allowed", allow_null=True)
     wouldBlock = serializers.BooleanField(source="would_block")
     statusReason = serializers.CharField(source="status_reason", allow_blank=True)
-    metrics = serializers.DictField(
+    metrics = StoredDict(
         source="report.metrics", default=dict, child=serializers.DictField(child=serializers.FloatField())
     )
     checks = CheckSerializer(source="report.checks", default=list, many=True)
@@ -176,8 +196,13 @@ class DeploymentContextSerializer(StrictSerializer):
     runUrl = serializers.URLField(max_length=500, required=False, allow_null=True, allow_blank=True)
 
 
+# Serializers are stateless once their fields are bound; building the fields is most of what a
+# new one costs, and CI polls the status all the time, so one instance renders every validation.
+_VALIDATION_DOCUMENT = ValidationSerializer()
+
+
 def validation_response(validation: Validation, code: int = status.HTTP_200_OK) -> Response:
-    return Response(ValidationSerializer(validation).data, status=code)
+    return Response(_VALIDATION_DOCUMENT.to_representation(validation), status=code)
 
 
 class ValidateView(APIView):

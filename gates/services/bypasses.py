@@ -24,6 +24,7 @@ from gates.errors import InvalidState, NotPermitted, ServiceError
 from gates.models import BypassApproval, BypassRequest, Validation
 from gates.permissions import may, require_right
 from gates.registry import Change, announce
+from gates.services.validations import record_outcome
 
 DEFAULT_EXPIRY_MINUTES = 4 * 60
 MAX_EXPIRY_MINUTES = 24 * 60
@@ -177,13 +178,15 @@ def _apply(bypass: BypassRequest, approvers: list[str], actor: Actor) -> None:
     if validation.status != Validation.Status.BLOCKED:
         raise InvalidState(f"Build {validation.build_id} is no longer blocked ({validation.status}).")
     ticket = f" ({bypass.ticket_url})" if bypass.ticket_url else ""
-    validation.status = Validation.Status.BYPASSED
-    validation.deployment_allowed = True
-    validation.status_reason = (
-        f"Bypassed: approved by {', '.join(approvers)}{ticket}: {bypass.justification} "
-        f"(underlying verdict: {validation.verdict or 'none'}; {validation.status_reason})"
+    record_outcome(
+        validation,
+        status=Validation.Status.BYPASSED,
+        deployment_allowed=True,
+        would_block=validation.would_block,
+        reason=f"Bypassed: approved by {', '.join(approvers)}{ticket}: {bypass.justification} "
+        f"(underlying verdict: {validation.verdict or 'none'}; {validation.status_reason})",
+        blocking_reasons=validation.blocking_reasons,
     )
-    validation.save(update_fields=["status", "deployment_allowed", "status_reason"])
     audit_record(
         action="bypass.used",
         actor=actor,

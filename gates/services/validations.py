@@ -3,7 +3,7 @@
 Every request enters through ``validation_request``: it resolves a ``Plan`` once (scenario,
 effective test config, rules), creates the validation once, and then evaluates uploaded results,
 refuses it (a precondition failed) or queues its test run. Every outcome is written by
-``_record_outcome`` and announced through ``gates.registry``.
+``record_outcome`` and announced through ``gates.registry``.
 """
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def _missing_staging_pass(project: Project, environment: Environment, git_hash: 
 
 def _validation_refuse(validation: Validation, *, reason: str) -> None:
     """Block a validation before any test, because a precondition failed."""
-    _record_outcome(
+    record_outcome(
         validation,
         status=Validation.Status.BLOCKED,
         deployment_allowed=False,
@@ -249,7 +249,7 @@ def _validation_refuse(validation: Validation, *, reason: str) -> None:
     announce(validation, Change.FINISHED)
 
 
-def _record_outcome(
+def record_outcome(
     validation: Validation,
     *,
     status: str,
@@ -260,7 +260,10 @@ def _record_outcome(
     **more,
 ) -> None:
     """Write a validation's outcome: the decision fields, the sentence CI reads, when it ended
-    (the first time), and whatever else the caller decided (``more``: field → value)."""
+    (the first time), and whatever else the caller decided (``more``: field → value).
+
+    Every outcome goes through here (a verdict, an error, a refusal, a block, a bypass). It is
+    not a service: its caller holds the row lock, writes the audit event and announces."""
     decided = {
         "status": status,
         "deployment_allowed": deployment_allowed,
@@ -373,7 +376,7 @@ def validation_evaluate(
         for position, (item, outcome) in enumerate(pairs)
     )
 
-    _record_outcome(
+    record_outcome(
         validation,
         status=status,
         deployment_allowed=deployment_allowed,
@@ -479,7 +482,7 @@ def validation_record_error(
         return validation
     environment = validation.environment
     status, deployment_allowed = environment.outcome_for(Verdict.ERROR)
-    _record_outcome(
+    record_outcome(
         validation,
         status=status,
         deployment_allowed=deployment_allowed,
@@ -526,7 +529,7 @@ def validation_block(*, validation: Validation, reason: str, actor: Actor) -> Va
     if validation.manual_block_reason:
         return validation
     previous = validation.status
-    _record_outcome(
+    record_outcome(
         validation,
         status=Validation.Status.BLOCKED,
         deployment_allowed=False,

@@ -23,7 +23,7 @@ from django.conf import settings
 
 from gates.audit import Actor
 from gates.errors import ServiceError
-from gates.execution import RunFailed, Stopped, ScenarioRun
+from gates.execution import RunFailed, ScenarioRun, Stopped
 from gates.models import Validation
 from gates.results import parse_results
 from gates.results.base import ParseError, ResultSet

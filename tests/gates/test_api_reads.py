@@ -8,6 +8,8 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from gates import selectors
+from gates.api import ValidationSerializer
 from gates.models import Validation
 from gates.services import validation_evaluate
 from tests.factories import make_results, make_validation
@@ -160,3 +162,18 @@ def test_regression_compares_every_metric_with_the_baseline(ci_api, project, sta
         c for c in data["comparisons"] if (c["metric"], c["aggregation"]) == ("http_reqs", "rate")
     )
     assert throughput["worseWhen"] == "down"
+
+
+def test_the_fast_read_of_a_build_renders_the_same_document_as_the_orm(project, staging, actor):
+    finished = evaluated(project, staging, actor, "b-1", p95=321.0)
+    queued, _ = make_validation(
+        project=project, environment=staging, build_id="b-2", git_hash="f" * 40, actor=actor
+    )
+    Validation.objects.filter(pk=queued.pk).update(
+        status="running", progress={"elapsedSeconds": 1.5, "requests": 10, "requestRate": 6.7}
+    )
+    for validation in (finished, queued):
+        fast = selectors.validation_for_build(project, validation.build_id, "staging")
+        orm = Validation.objects.select_related("project", "environment", "scenario").get(pk=validation.pk)
+        assert ValidationSerializer(fast).data == ValidationSerializer(orm).data
+        assert fast.environment.fail_closed == orm.environment.fail_closed  # the rest loads when read
