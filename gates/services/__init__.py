@@ -15,7 +15,6 @@ from gates.services.runs import (
     worker_actor,
 )
 from gates.services.validations import (
-    idempotency_fingerprint,
     validation_block,
     validation_evaluate,
     validation_record_error,
@@ -27,7 +26,6 @@ __all__ = [
     "bypass_expire_due",
     "bypass_reject",
     "bypass_request",
-    "idempotency_fingerprint",
     "validation_block",
     "validation_cancel",
     "validation_claim",

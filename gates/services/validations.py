@@ -68,7 +68,7 @@ def validation_request(
     ``Idempotency-Key`` seen before with a different request (``request_document`` and the
     uploaded results' ``results_digest``) is refused.
     """
-    fingerprint = idempotency_fingerprint(request_document or {}, results_digest) if idempotency_key else ""
+    fingerprint = _idempotency_fingerprint(request_document or {}, results_digest) if idempotency_key else ""
     if idempotency_key:
         seen = _idempotency_key_seen(project, idempotency_key, fingerprint)
         if seen is not None:
@@ -111,7 +111,7 @@ def validation_request(
     return validation, created
 
 
-def idempotency_fingerprint(document: dict, results_digest: str = "") -> str:
+def _idempotency_fingerprint(document: dict, results_digest: str = "") -> str:
     """What makes two requests "the same" for an ``Idempotency-Key``: the request document
     without inline results, and the digest of the results however they were sent."""
     body = {key: value for key, value in document.items() if key != "results"}
