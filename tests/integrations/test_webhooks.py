@@ -91,13 +91,19 @@ class WorkerKilled(BaseException):
     """What a worker killed mid-task looks like from inside: nothing after it runs."""
 
 
+def _stored_protection_rule(client, project, fake, *, run_id: int) -> WebhookDelivery:
+    """A signed deployment_protection_rule delivery for the project, received and not processed."""
+    project.repository = "Codertocat/Hello-World"
+    project.save(update_fields=["repository"])
+    send_webhook(client, "deployment_protection_rule", _protection_rule_body(fake, run_id=run_id))
+    [stored] = WebhookDelivery.objects.all()
+    return stored
+
+
 def test_a_delivery_whose_worker_died_is_not_processed_and_is_taken_again_when_its_claim_expires(
     client, project, app_connection, fake, monkeypatch
 ):
-    project.repository = "Codertocat/Hello-World"
-    project.save(update_fields=["repository"])
-    send_webhook(client, "deployment_protection_rule", _protection_rule_body(fake, run_id=5003))
-    [stored] = WebhookDelivery.objects.all()
+    stored = _stored_protection_rule(client, project, fake, run_id=5003)
     real_handler = webhooks._deployment_protection_rule
 
     def dies_after_the_work(payload, delivery, downloaded):
@@ -131,10 +137,7 @@ def test_a_delivery_whose_worker_died_is_not_processed_and_is_taken_again_when_i
 def test_a_delivery_is_marked_processed_only_together_with_the_works_writes(
     client, project, app_connection, fake, monkeypatch
 ):
-    project.repository = "Codertocat/Hello-World"
-    project.save(update_fields=["repository"])
-    send_webhook(client, "deployment_protection_rule", _protection_rule_body(fake, run_id=5004))
-    [stored] = WebhookDelivery.objects.all()
+    stored = _stored_protection_rule(client, project, fake, run_id=5004)
     real_handler = webhooks._deployment_protection_rule
     seen = []
 
@@ -153,10 +156,7 @@ def test_a_delivery_is_marked_processed_only_together_with_the_works_writes(
 def test_a_handler_that_fails_leaves_the_delivery_failed_with_none_of_its_writes(
     client, project, app_connection, fake, monkeypatch
 ):
-    project.repository = "Codertocat/Hello-World"
-    project.save(update_fields=["repository"])
-    send_webhook(client, "deployment_protection_rule", _protection_rule_body(fake, run_id=5005))
-    [stored] = WebhookDelivery.objects.all()
+    stored = _stored_protection_rule(client, project, fake, run_id=5005)
     real_handler = webhooks._deployment_protection_rule
 
     def fails_after_the_work(payload, delivery, downloaded):
