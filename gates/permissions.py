@@ -111,6 +111,9 @@ OPS_PERMISSIONS = {
         "view_auditevent",
     ],
     "baselines": ["view_baseline", "view_baselinemetric"],
+    # Ops manage their projects' CI tokens in the admin; making or revoking one still takes
+    # change_thresholds on the token's project (integrations.services).
+    "integrations": ["view_apitoken", "add_apitoken"],
 }
 AUDITOR_APPS = ("gates", "baselines", "integrations", "django_q")
 
@@ -119,8 +122,8 @@ def ensure_groups(apps) -> None:
     """The two groups the admin is organised around (``apps``: the app registry, or a
     migration's historical one).
 
-    - ops: edit scenarios, rules and environments, see validations and baselines, ask for
-      bypasses; what they may do on which project is granted per project.
+    - ops: edit scenarios, rules and environments, see validations and baselines, manage CI
+      tokens, ask for bypasses; what they may do on which project is granted per project.
     - auditors: view everything, change nothing.
     """
     Group = apps.get_model("auth", "Group")
