@@ -419,30 +419,24 @@ class _Parser:
                 if cls is not float and cls is not int:
                     raise _Slow
                 when = data["time"]
+                at = clock  # a warm-up point moves the warm-up's clock, and counts nowhere else
                 if warmup_key is not None:
                     tags = data["tags"]
                     if tags.__class__ is dict and tags.get(warmup_key) == warmup_value:
-                        if not when.endswith(warmup_clock.zone):
-                            raise _Slow
-                        key = when[: warmup_clock.cut]
-                        if key > warmup_clock.last:
-                            warmup_clock.last = key
-                            warmup_clock.last_line = line
-                        elif key < warmup_clock.first:
-                            warmup_clock.first = key
-                            warmup_clock.first_line = line
-                        if obj["metric"] == "http_reqs":
-                            self.warmup_requests += value
-                        continue
-                if not when.endswith(clock.zone):
+                        at = warmup_clock
+                if not when.endswith(at.zone):
                     raise _Slow
-                key = when[: clock.cut]
-                if key > clock.last:
-                    clock.last = key
-                    clock.last_line = line
-                elif key < clock.first:
-                    clock.first = key
-                    clock.first_line = line
+                key = when[: at.cut]
+                if key > at.last:
+                    at.last = key
+                    at.last_line = line
+                elif key < at.first:
+                    at.first = key
+                    at.first_line = line
+                if at is warmup_clock:
+                    if obj["metric"] == "http_reqs":
+                        self.warmup_requests += value
+                    continue
                 subs = state.subs
                 if subs:
                     tags = data["tags"]
