@@ -7,10 +7,14 @@ from gates.rules.evaluation import (
     aggregate_verdict,
     evaluate_absolute,
     evaluate_load,
+    evaluate_paired,
     evaluate_relative,
+    evaluate_relatives,
+    measured_value,
 )
 from gates.rules.grammar import (
     AGGREGATIONS_BY_KIND,
+    DEFAULT_TIME_FLOOR_MS,
     DIRECTIONS,
     KNOWN_METRICS,
     METHODS,
@@ -36,6 +40,7 @@ from gates.rules.grammar import (
 
 __all__ = [
     "AGGREGATIONS_BY_KIND",
+    "DEFAULT_TIME_FLOOR_MS",
     "DIRECTIONS",
     "KNOWN_METRICS",
     "METHODS",
@@ -54,8 +59,11 @@ __all__ = [
     "default_direction",
     "evaluate_absolute",
     "evaluate_load",
+    "evaluate_paired",
     "evaluate_relative",
+    "evaluate_relatives",
     "format_number",
+    "measured_value",
     "parse_aggregation",
     "parse_go_float",
     "parse_selector",

@@ -21,6 +21,7 @@ from gates.results.base import (
 )
 from gates.rules.grammar import (
     AGGREGATIONS_BY_KIND,
+    DEFAULT_TIME_FLOOR_MS,
     AbsoluteRule,
     MetricSelector,
     RelativeRule,
@@ -169,6 +170,22 @@ def _read_value(
     return float(value), ""
 
 
+def measured_value(
+    results: ResultSet, selector: MetricSelector, aggregation: str
+) -> tuple[float | None, Series | None, str]:
+    """The value a rule reads: (value, its series, "") or (None, series or None, what is missing).
+    The one lookup of the gate, for the rules, the A/B loop and calibration alike."""
+    series, problem = _find_series(results, selector)
+    if series is None:
+        return None, None, problem
+    problem = _kind_problem(series, aggregation)
+    if problem:
+        return None, series, problem
+    _, _, percentile = parse_aggregation(aggregation)
+    value, problem = _read_value(series, selector, aggregation, percentile)
+    return value, series, problem
+
+
 def _kind_problem(series: Series, aggregation: str) -> str:
     if series.kind not in AGGREGATIONS_BY_KIND:
         return f"{series.key} has an unknown metric kind {series.kind!r}"
@@ -242,114 +259,250 @@ def evaluate_absolute(rule: AbsoluteRule, results: ResultSet) -> CheckOutcome:
     )
 
 
-def evaluate_relative(
-    rule: RelativeRule, results: ResultSet, baseline: BaselineValue | None, *, alpha: float = 0.05
-) -> CheckOutcome:
-    """Compare an aggregation with the baseline.
+@dataclass(frozen=True)
+class _Measured:
+    """What a relative check measured before it decides: the numbers and how to word them."""
 
-    A change blocks only when it is practically large (beyond the floor and at least
-    ``fail_pct``) and, when the baseline has three or more runs, statistically significant
-    (prediction-interval t test, p < ``alpha``); a large change within the noise of the
-    baseline runs is ``inconclusive``. No baseline: ``no_baseline``.
-    """
+    rule: RelativeRule
+    series: Series
+    method: str
+    observed: float
+    base: float
+    sign: float
+    floor: float
+    model: stats.NoiseModel | None
+    p_value: float | None  # one-sided, in the worse direction; None without a noise model
+
+
+def _floor(rule: RelativeRule, series: Series) -> float:
+    """The rule's floor, or the default one: 1 ms for a time metric, nothing for others."""
+    if rule.floor is not None:
+        return rule.floor
+    return DEFAULT_TIME_FLOOR_MS if series.unit == "ms" else 0.0
+
+
+def _relative_outcome(rule: RelativeRule, verdict: Verdict, reason: str, **numbers) -> CheckOutcome:
+    return _outcome(rule, "relative", verdict, str(rule.selector), rule.aggregation, reason, **numbers)
+
+
+def _measure(
+    rule: RelativeRule, results: ResultSet, baseline: BaselineValue | None
+) -> _Measured | CheckOutcome:
+    """The numbers of a relative check, or its outcome when it cannot compare (error, no baseline)."""
     metric = str(rule.selector)
     aggregation = rule.aggregation
     _, method, percentile = parse_aggregation(aggregation)
-
-    def outcome(verdict, reason, **numbers):
-        return _outcome(rule, "relative", verdict, metric, aggregation, reason, **numbers)
-
     series, problem = _find_series(results, rule.selector)
     if series is None:
-        return outcome(Verdict.ERROR, problem)
+        return _relative_outcome(rule, Verdict.ERROR, problem)
     problem = _kind_problem(series, aggregation)
     if problem:
-        return outcome(Verdict.ERROR, problem)
+        return _relative_outcome(rule, Verdict.ERROR, problem)
     observed, problem = _read_value(series, rule.selector, aggregation, percentile)
     if observed is None:
-        return outcome(Verdict.ERROR, problem)
+        return _relative_outcome(rule, Verdict.ERROR, problem)
     if baseline is None:
-        return outcome(
+        return _relative_outcome(
+            rule,
             Verdict.NO_BASELINE,
             f"no baseline yet for {metric} {aggregation}; absolute rules still decide",
             observed=observed,
         )
     base = float(baseline.value)
     if not math.isfinite(base):
-        return outcome(
-            Verdict.ERROR,
-            f"the baseline's {aggregation} of {metric} is not a finite number",
-            observed=observed,
-        )
+        reason = f"the baseline's {aggregation} of {metric} is not a finite number"
+        return _relative_outcome(rule, Verdict.ERROR, reason, observed=observed)
     run_values = tuple(float(v) for v in baseline.run_values)
     if not all(math.isfinite(v) for v in run_values):
-        return outcome(
+        return _relative_outcome(
+            rule,
             Verdict.ERROR,
             f"the baseline runs of {metric} {aggregation} include a value that is not a finite number",
             observed=observed,
             baseline=base,
         )
-
     direction = rule.direction
     if direction == "auto":
         direction = default_direction(rule.selector.name, series.kind, method)
-    sign = 1.0 if direction == "up" else -1.0
-    change = observed - base
-    worsening = sign * change
-    change_pct = change / abs(base) * 100.0 if base != 0 else None
-    # The value at which the rule starts to fail: fail_pct of the baseline, but never closer
-    # than the floor (with a zero baseline only the floor is left).
-    limit = base + sign * max(abs(base) * rule.fail_pct / 100.0, rule.floor)
-    p_value = stats.prediction_p_value(observed, run_values)  # None below three runs
+    model = stats.noise_model(run_values)
+    return _Measured(
+        rule=rule,
+        series=series,
+        method=method,
+        observed=observed,
+        base=base,
+        sign=1.0 if direction == "up" else -1.0,
+        floor=_floor(rule, series),
+        model=model,
+        p_value=model.p_value(observed, direction) if model is not None else None,
+    )
+
+
+def _decide(m: _Measured, alpha: float, p_value: float | None, family: str = "") -> CheckOutcome:
+    """History mode's decision. A check fails only when the change is both practically large (at
+    least ``fail_pct`` and the floor) and beyond the run-to-run noise of the baseline's runs
+    (``p_value`` < ``alpha``; with fewer than three runs there is no noise model and the threshold
+    alone decides). Large but within the noise warns, and so does a change beyond the noise but
+    under the threshold: neither passes silently, neither blocks. ``family`` is the Holm note."""
+    rule, series, method = m.rule, m.series, m.method
+    aggregation = rule.aggregation
+    change = m.observed - m.base
+    worsening = m.sign * change
+    change_pct = change / abs(m.base) * 100.0 if m.base != 0 else None
+    # The value at which the rule starts to fail: fail_pct of the baseline, never closer than the floor.
+    limit = m.base + m.sign * max(abs(m.base) * rule.fail_pct / 100.0, m.floor)
     numbers = {
-        "observed": observed,
-        "baseline": base,
+        "observed": m.observed,
+        "baseline": m.base,
         "limit": limit,
         "change_pct": change_pct,
         "p_value": p_value,
     }
 
-    now = _format_value(observed, series, method)
-    then = _format_value(base, series, method)
-    worse_word = "above" if direction == "up" else "below"
-    fail_text = f"fail {worse_word} {'+' if direction == 'up' else '-'}{rule.fail_pct:g}%"
-    warn_text = (
-        f"warn {worse_word} {'+' if direction == 'up' else '-'}{rule.warn_pct:g}%"
-        if rule.warn_pct is not None
-        else ""
-    )
+    def outcome(verdict, reason):
+        return _relative_outcome(rule, verdict, reason, **numbers)
+
+    now = _format_value(m.observed, series, method)
+    then = _format_value(m.base, series, method)
+    up = m.sign > 0
+    worse_word = "above" if up else "below"
+    fail_text = f"fail {worse_word} {'+' if up else '-'}{rule.fail_pct:g}%"
+    warn_text = ""
+    if rule.warn_pct is not None:
+        warn_text = f"warn {worse_word} {'+' if up else '-'}{rule.warn_pct:g}%"
 
     if change == 0:
-        return outcome(Verdict.PASS, f"{aggregation} {now} is unchanged from baseline {then}", **numbers)
+        return outcome(Verdict.PASS, f"{aggregation} {now} is unchanged from baseline {then}")
     side = "above" if change > 0 else "below"
-    if base != 0:
+    if m.base != 0:
         moved = f"{aggregation} {now} is {abs(change_pct):.1f}% {side} baseline {then}"
     else:
         moved = f"{aggregation} {now} is {side} baseline {then}"
     if worsening < 0:
-        return outcome(Verdict.PASS, f"{moved}, an improvement", **numbers)
-    if worsening < rule.floor:
-        floor = _format_floor(rule.floor, series, method)
-        return outcome(Verdict.PASS, f"{moved}, within the {floor} floor", **numbers)
+        return outcome(Verdict.PASS, f"{moved}, an improvement")
 
-    if base == 0:
+    if m.model is None:
+        noise_text = ""
+        significant = None
+    else:
+        runs = f"{m.model.n} baseline runs"
+        spread = f"run-to-run noise ±{m.model.cv * 100:.1f}%" if m.model.log else "run-to-run noise"
+        significant = p_value is not None and p_value < alpha
+        noise_text = (
+            f"beyond the {spread} of the {runs} (p={p_value:.2g}{family})"
+            if significant
+            else f"within the {spread} of the {runs} (p={p_value:.2g}{family})"
+        )
+    if worsening < m.floor:
+        floor = _format_floor(m.floor, series, method)
+        if significant:
+            return outcome(Verdict.WARN, f"{moved}, {noise_text} but within the {floor} floor")
+        return outcome(Verdict.PASS, f"{moved}, within the {floor} floor")
+
+    if m.base == 0:
         # No percentage of zero exists; a worsening beyond the floor is an infinite relative change.
         worsening_pct = math.inf
         moved += "; from a zero baseline any change beyond the floor counts as +inf%"
     else:
-        worsening_pct = worsening / abs(base) * 100.0
+        worsening_pct = worsening / abs(m.base) * 100.0
     if worsening_pct >= rule.fail_pct:
-        if p_value is not None and p_value >= alpha:
-            return outcome(
-                Verdict.INCONCLUSIVE,
-                f"{moved} ({fail_text}) but within the noise of the {len(run_values)} baseline "
-                f"runs (p={p_value:.2g})",
-                **numbers,
-            )
-        return outcome(Verdict.FAIL, f"{moved} ({fail_text})", **numbers)
+        if significant is None:  # too few baseline runs for a noise model: the threshold decides
+            return outcome(Verdict.FAIL, f"{moved} ({fail_text})")
+        if significant:
+            return outcome(Verdict.FAIL, f"{moved} ({fail_text}), {noise_text}")
+        return outcome(Verdict.WARN, f"{moved} ({fail_text}) but {noise_text}: not blocked")
+    if significant:
+        return outcome(Verdict.WARN, f"{moved}, {noise_text}, under the threshold ({fail_text})")
     if rule.warn_pct is not None and worsening_pct >= rule.warn_pct:
-        return outcome(Verdict.WARN, f"{moved} ({warn_text}, {fail_text})", **numbers)
-    return outcome(Verdict.PASS, f"{moved} ({warn_text or fail_text})", **numbers)
+        return outcome(Verdict.WARN, f"{moved} ({warn_text}, {fail_text})")
+    suffix = f", {noise_text}" if noise_text else ""
+    return outcome(Verdict.PASS, f"{moved} ({warn_text or fail_text}){suffix}")
+
+
+def evaluate_relative(
+    rule: RelativeRule,
+    results: ResultSet,
+    baseline: BaselineValue | None,
+    *,
+    alpha: float = stats.DEFAULT_FALSE_BLOCK_RATE,
+) -> CheckOutcome:
+    """Compare one aggregation with the baseline in history mode (see ``_decide``); ``alpha`` is
+    the one-sided false-block rate. No baseline: ``no_baseline``; missing data: ``error``."""
+    measured = _measure(rule, results, baseline)
+    if isinstance(measured, CheckOutcome):
+        return measured
+    return _decide(measured, alpha, measured.p_value)
+
+
+def evaluate_relatives(
+    checks: list[tuple[RelativeRule, BaselineValue | None]],
+    results: ResultSet,
+    *,
+    alpha: float = stats.DEFAULT_FALSE_BLOCK_RATE,
+) -> list[CheckOutcome]:
+    """Several relative checks of one validation, in order. The key checks share one false-block
+    rate (Holm's step-down over their p-values); each info check is tested alone. When Holm made
+    the difference, the check's reason says so and its ``p_value`` is the adjusted one."""
+    measured = [_measure(rule, results, baseline) for rule, baseline in checks]
+    family = [
+        index
+        for index, m in enumerate(measured)
+        if isinstance(m, _Measured) and m.p_value is not None and m.rule.severity == Severity.KEY
+    ]
+    adjusted = dict(zip(family, stats.holm([measured[i].p_value for i in family]), strict=True))
+    outcomes = []
+    for index, m in enumerate(measured):
+        if isinstance(m, CheckOutcome):
+            outcomes.append(m)
+            continue
+        if index not in adjusted or len(family) == 1:
+            outcomes.append(_decide(m, alpha, m.p_value))
+            continue
+        p_value = adjusted[index]
+        note = ""
+        if (m.p_value < alpha) != (p_value < alpha):
+            note = f" after Holm over {len(family)} key checks; {m.p_value:.2g} alone"
+        elif p_value != m.p_value:
+            note = ", Holm-adjusted"
+        outcomes.append(_decide(m, alpha, p_value, note))
+    return outcomes
+
+
+def evaluate_paired(rule: RelativeRule, results: ResultSet, check) -> CheckOutcome:
+    """Gate-run mode: a relative rule decided on interleaved A/B repetitions (``check`` is the
+    rule's ``gates.loadtest.ab.ABCheck``). ``fail`` when the interval of the change is wholly above
+    the fail threshold, ``pass`` (``warn`` when the slowdown is certain but smaller) when wholly
+    below, ``inconclusive`` when still undecided after the most pairs allowed."""
+    metric = str(rule.selector)
+    series, problem = _find_series(results, rule.selector)
+    if series is None:
+        return _relative_outcome(rule, Verdict.ERROR, problem)
+    _, method, _ = parse_aggregation(rule.aggregation)
+    now = _format_value(check.candidate, series, method)
+    then = _format_value(check.reference, series, method)
+    limit = check.reference * (1 + check.threshold_pct / 100)
+    numbers = {
+        "observed": check.candidate,
+        "baseline": check.reference,
+        "limit": limit if math.isfinite(limit) else None,
+        "change_pct": check.estimate_pct,
+        "p_value": check.p_value,
+    }
+    measured = f"{rule.aggregation} {now} against {then} on the reference: {check.describe()}"
+    if check.verdict == "fail":
+        return _relative_outcome(rule, Verdict.FAIL, f"{measured}, wholly above the threshold", **numbers)
+    if check.verdict == "warn":
+        return _relative_outcome(
+            rule, Verdict.WARN, f"{measured}: a certain slowdown, but under the threshold", **numbers
+        )
+    if check.verdict == "pass":
+        return _relative_outcome(rule, Verdict.PASS, f"{measured}, wholly below the threshold", **numbers)
+    return _relative_outcome(
+        rule,
+        Verdict.INCONCLUSIVE,
+        f"{measured}: still undecided when the A/B loop reached its limit for {metric}",
+        **numbers,
+    )
 
 
 def evaluate_load(results: ResultSet, min_requests: int) -> CheckOutcome:

@@ -497,14 +497,20 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+# A relative rule's floor when it gives none and its metric is a time: changes under 1 ms are not
+# worth a block, whatever their percentage.
+DEFAULT_TIME_FLOOR_MS = 1.0
+
+
 @dataclass(frozen=True)
 class RelativeRule:
     """An aggregation compared with the baseline.
 
     ``direction`` says which change is worse: ``up`` (latency, errors), ``down``
     (throughput), or ``auto`` to decide by the metric when evaluating. A change is ignored
-    below ``floor`` (in the metric's unit), warns from ``warn_pct`` and fails from
-    ``fail_pct`` percent of the baseline. The aggregation is stored in its canonical spelling.
+    below ``floor`` (in the metric's unit; ``None``: :data:`DEFAULT_TIME_FLOOR_MS` for a time
+    metric, 0 for others), warns from ``warn_pct`` and fails from ``fail_pct`` percent of the
+    baseline. The aggregation is stored in its canonical spelling.
     """
 
     label: str
@@ -512,7 +518,7 @@ class RelativeRule:
     aggregation: str
     warn_pct: float | None
     fail_pct: float
-    floor: float = 0.0
+    floor: float | None = None
     direction: str = "auto"
     severity: Severity = Severity.KEY
 
@@ -535,7 +541,7 @@ class RelativeRule:
                 raise RuleSyntaxError(
                     f"warn_pct ({self.warn_pct:g}) must not be larger than fail_pct ({self.fail_pct:g})"
                 )
-        if not _is_number(self.floor) or self.floor < 0:
+        if self.floor is not None and (not _is_number(self.floor) or self.floor < 0):
             raise RuleSyntaxError(f"floor must be zero or a positive number, got {self.floor!r}")
 
 
@@ -548,7 +554,7 @@ def rule_from_fields(
     aggregation: str = "",
     warn_pct: float | None = None,
     fail_pct: float | None = None,
-    floor: float | None = 0.0,
+    floor: float | None = None,
     direction: str = "auto",
     severity: str = Severity.KEY,
 ) -> AbsoluteRule | RelativeRule:
@@ -578,7 +584,7 @@ def rule_from_fields(
         aggregation=aggregation,
         warn_pct=None if warn_pct is None else _number(warn_pct, "warn_pct"),
         fail_pct=_number(fail_pct, "fail_pct"),
-        floor=0.0 if floor is None else _number(floor, "floor"),
+        floor=None if floor is None else _number(floor, "floor"),
         direction=direction,
         severity=severity,
     )
