@@ -11,10 +11,30 @@ from gates.permissions import projects_where
 
 
 class BaselineMetricInline(ReadOnlyAdminMixin, admin.TabularInline):
+    """Each metric's centre (the median of the runs), its noise, and the per-run values, oldest first."""
+
     model = BaselineMetric
     extra = 0
-    fields = ("series", "aggregation", "value", "stdev", "minimum", "maximum", "unit", "run_values")
+    fields = (
+        "series",
+        "aggregation",
+        "median",
+        "noise_pct",
+        "stdev",
+        "minimum",
+        "maximum",
+        "unit",
+        "run_values",
+    )
     readonly_fields = fields
+
+    @admin.display(description="median")
+    def median(self, obj):
+        return f"{obj.value:g}"
+
+    @admin.display(description="noise")
+    def noise_pct(self, obj):
+        return "— (under 3 runs)" if obj.noise is None else f"±{obj.noise * 100:.1f}%"
 
 
 @admin.register(Baseline)

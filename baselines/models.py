@@ -8,7 +8,8 @@ class Baseline(models.Model):
     """A version of the reference for one (project, environment, scenario): which runs it was
     built from and the statistics of each metric over them.
 
-    Only passed, non-bypassed runs enter a baseline. The active baseline is the pinned version
+    Only runs whose validation passed or warned enter a baseline (failed, blocked, bypassed,
+    cancelled and errored runs never do). The active baseline is the pinned version
     when ops pinned one, otherwise the newest.
     """
 
@@ -50,15 +51,21 @@ class Baseline(models.Model):
 
 
 class BaselineMetric(models.Model):
-    """The statistics of one (series, aggregation) over a baseline's runs: the mean is the value
-    relative rules compare with; the per-run values feed the significance test."""
+    """The statistics of one (series, aggregation) over a baseline's runs: the centre of the noise
+    model (the median) is the value relative rules compare with; the per-run values, in run order,
+    feed the noise model (``baselines.stats.noise_model``)."""
 
     baseline = models.ForeignKey(Baseline, on_delete=models.CASCADE, related_name="metrics")
     series = models.CharField(max_length=300)
     metric = models.CharField(max_length=200)
     aggregation = models.CharField(max_length=32)
     unit = models.CharField(max_length=16, blank=True)
-    value = models.FloatField(help_text="Mean over the baseline's runs.")
+    value = models.FloatField(help_text="The centre of the baseline's runs (their median).")
+    noise = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Run-to-run spread on the log scale (about the CV); none below 3 runs.",
+    )
     stdev = models.FloatField(null=True, blank=True)
     minimum = models.FloatField()
     maximum = models.FloatField()

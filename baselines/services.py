@@ -27,8 +27,9 @@ PROMOTABLE_VERDICTS = (Verdict.PASS, Verdict.WARN)
 
 
 def _eligible_runs(runs):
-    """Only runs whose validation passed, on its own merits, enter a baseline: a blocked,
-    failed or bypassed run never does, even if it was eligible once."""
+    """Only runs whose validation passed or warned, on its own merits, enter a baseline: a
+    blocked, failed (errored, cancelled) or bypassed run never does, even if it was eligible once,
+    and neither does a shadow-mode fail or a fail-open inconclusive, which passed by policy only."""
     return runs.filter(
         validation__status=Validation.Status.PASSED, validation__verdict__in=PROMOTABLE_VERDICTS
     )
@@ -38,11 +39,13 @@ def _eligible_runs(runs):
 def baseline_promote(
     *, validation: Validation, actor: Actor, pin: bool = False, reason: str = ""
 ) -> Baseline:
-    """Make a new baseline version from a passed validation.
+    """Make a new baseline version from a validation that passed or warned.
 
-    The version is built from the validation's runs plus the most recent eligible runs of the
-    version before it, up to ``PERFGATE_BASELINE_WINDOW`` runs, so the significance test has
-    several runs to measure noise with. Each call makes a new version; ``pin`` also pins it.
+    The version keeps a window of recent eligible runs: the validation's runs plus the most
+    recent eligible runs of the version before it, up to ``PERFGATE_BASELINE_WINDOW`` runs, so the
+    noise model has many runs to measure run-to-run noise with. Each metric stores the centre of
+    its runs (their median, which a few wild runs do not move), its noise, and the per-run values
+    oldest first. Each call makes a new version; ``pin`` also pins it.
     """
     validation = Validation.objects.select_related("project", "environment", "scenario").get(pk=validation.pk)
     require_right(actor, "change_thresholds", validation.project, to="make baselines")
@@ -62,13 +65,17 @@ def baseline_promote(
     }
 
     window = settings.PERFGATE_BASELINE_WINDOW
-    runs = list(_eligible_runs(validation.runs.all()).order_by("-created_at")[:window])
+    runs = list(_eligible_runs(validation.runs.all()).order_by("-created_at", "-pk")[:window])
     previous = baseline_active(**scope)
     if previous is not None:
-        earlier = _eligible_runs(previous.runs.exclude(pk__in=[r.pk for r in runs])).order_by("-created_at")
+        earlier = _eligible_runs(previous.runs.exclude(pk__in=[r.pk for r in runs])).order_by(
+            "-created_at", "-pk"
+        )
         runs.extend(earlier[: max(0, window - len(runs))])
     if not runs:
         raise InvalidState(f"Build {validation.build_id} has no runs to build a baseline from.")
+    # Oldest first: the per-run values keep the order the runs happened in (drift shows in it).
+    runs.sort(key=lambda run: (run.created_at, run.pk))
 
     version = (Baseline.objects.filter(**scope).aggregate(Max("version"))["version__max"] or 0) + 1
     if pin:
@@ -83,12 +90,15 @@ def baseline_promote(
     )
     baseline.runs.set(runs)
 
+    position = {run.pk: index for index, run in enumerate(runs)}
     values = defaultdict(list)
     units = {}
     observations = MetricObservation.objects.filter(run__in=runs).values_list(
-        "series", "metric", "aggregation", "unit", "value"
+        "run_id", "series", "metric", "aggregation", "unit", "value"
     )
-    for series, metric, aggregation, unit, value in observations:
+    for _run, series, metric, aggregation, unit, value in sorted(
+        observations, key=lambda row: position[row[0]]
+    ):
         values[(series, metric, aggregation)].append(value)
         units[(series, metric, aggregation)] = unit
     BaselineMetric.objects.bulk_create(
@@ -99,7 +109,8 @@ def baseline_promote(
                 metric=metric,
                 aggregation=aggregation,
                 unit=units[(series, metric, aggregation)],
-                value=summary["mean"],
+                value=summary["centre"],
+                noise=summary["noise"],
                 stdev=summary["stdev"],
                 minimum=summary["min"],
                 maximum=summary["max"],
@@ -214,15 +225,22 @@ def baseline_request(
 
 
 def baseline_follow(validation: Validation, change: Change) -> None:
-    """Registered with the gate (``BaselinesConfig.ready``): a validation that just passed with
-    every check passing becomes the next baseline version, in the same transaction, when its
-    environment baselines automatically. Relative rules that had no baseline yet count as
-    passing, so the first good build seeds the baseline; a warning of any other kind is left for
-    ops to promote by hand, since absorbing every +4% would let a service drift slower unnoticed."""
+    """Registered with the gate (``BaselinesConfig.ready``): a validation that finished passed,
+    with verdict pass or warn, becomes the next baseline version in the same transaction, when
+    its environment baselines automatically.
+
+    Warned runs enter too: a baseline fed only by the runs that passed every check would keep the
+    fast half of the noise and drift towards the fastest runs, so ordinary noise would start to
+    fail. A real slowdown is not absorbed by one run either: the window of
+    ``PERFGATE_BASELINE_WINDOW`` runs and its median move only when many runs move. A check that
+    could not be evaluated (an info rule whose series is missing: ``error``) does not stop it; the
+    metrics the run has form the baseline. Blocked, failed (errored or cancelled) and bypassed
+    validations never enter, and a shadow-mode fail is verdict ``fail``, so it does not either.
+    """
     if change != Change.FINISHED or not validation.environment.auto_baseline:
         return
-    if validation.status != Validation.Status.PASSED:
+    if validation.status != Validation.Status.PASSED or validation.verdict not in PROMOTABLE_VERDICTS:
         return
-    checks = (validation.report or {}).get("checks", [])
-    if checks and all(check["verdict"] in (Verdict.PASS, Verdict.NO_BASELINE) for check in checks):
-        baseline_promote(validation=validation, actor=SYSTEM, reason="automatic: every check passed")
+    if validation.scenario_id is None or not validation.runs.exists():
+        return
+    baseline_promote(validation=validation, actor=SYSTEM, reason=f"automatic: verdict {validation.verdict}")

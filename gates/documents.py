@@ -18,9 +18,11 @@ SUMMARY_METRICS = {
 }
 
 
-def report_of(results, outcomes) -> dict:
+def report_of(results, outcomes, notices=(), comparison=None) -> dict:
     """What a validation shows about its run, computed once when it is decided: the headline
-    numbers plus every series a check looked at, and the checks in the API's shape."""
+    numbers plus every series a check looked at, the checks in the API's shape, the notices every
+    check table shows above the checks (e.g. "relative rules are not active: …"), and in gate-run
+    mode the A/B comparison (``comparison``: a document, or None)."""
     checked = {outcome.metric for outcome in outcomes if outcome.metric}
     metrics: dict[str, dict[str, float]] = {}
     for series in results.series.values():
@@ -51,7 +53,10 @@ def report_of(results, outcomes) -> dict:
         }
         for outcome in outcomes
     ]
-    return {"metrics": metrics, "checks": checks}
+    report = {"metrics": metrics, "checks": checks, "notices": list(notices)}
+    if comparison is not None:
+        report["comparison"] = comparison
+    return report
 
 
 def summary_metrics(series_values) -> dict:

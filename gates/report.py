@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from perfgate_cli.table import COLUMNS, MAX_WIDTH, check_table, format_cell, summary_line
 
-__all__ = ["check_table", "markdown_table", "summary_line"]
+__all__ = ["check_table", "markdown_notices", "markdown_table", "summary_line"]
 
 
 def _markdown_cell(key: str, value) -> str:
@@ -16,10 +16,30 @@ def _markdown_cell(key: str, value) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def markdown_table(checks: list[dict], *, max_bytes: int) -> str:
-    """The check table as GitHub Markdown, at most ``max_bytes`` (rows that do not fit are
-    counted in a last line instead of being cut in half)."""
-    header = "| " + " | ".join(title for _, title in COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
+def _markdown_text(text: str) -> str:
+    """Plain text that Markdown shows as it is: one line, no markup (a notice is no HTML)."""
+    text = " ".join(str(text).split())
+    for char in "\\`*_[]<>#|":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def markdown_notices(notices) -> str:
+    """The notices shown above a check table, one bold warning paragraph each."""
+    return "".join(f"**⚠ {_markdown_text(notice)}**\n\n" for notice in notices or ())
+
+
+def markdown_table(checks: list[dict], *, max_bytes: int, notices=()) -> str:
+    """The check table as GitHub Markdown with the notices above it, at most ``max_bytes`` (rows
+    that do not fit are counted in a last line instead of being cut in half; notices always show)."""
+    header = (
+        markdown_notices(notices)
+        + "| "
+        + " | ".join(title for _, title in COLUMNS)
+        + " |\n|"
+        + "---|" * len(COLUMNS)
+        + "\n"
+    )
     rows = [
         "| " + " | ".join(_markdown_cell(key, check.get(key)) for key, _ in COLUMNS) + " |\n"
         for check in checks

@@ -1,14 +1,17 @@
 """Reads that take more than one query: a build's latest validation, a page of history, a
-validation next to its baseline, and what its chart shows."""
+validation next to its baseline, what its chart shows, and how often each rule would have blocked."""
 
 from __future__ import annotations
 
 import base64
 import functools
 import time
+from dataclasses import dataclass
 from datetime import datetime
 
+from django.conf import settings
 from django.db import connection
+from django.db.models import Count, Max, Q
 
 from baselines.models import BaselineMetric
 from baselines.selectors import baseline_active
@@ -16,7 +19,7 @@ from gates import rules
 from gates.charts import Band, Point
 from gates.documents import SUMMARY_METRICS
 from gates.errors import NotFound, ServiceError
-from gates.models import Environment, MetricObservation, Project, Scenario, Validation
+from gates.models import CheckResult, Environment, MetricObservation, Project, Scenario, Validation
 from gates.plans import scenario_for
 
 
@@ -290,3 +293,61 @@ def chart_of(
         "band": band,
         "limit": limit,
     }
+
+
+@dataclass(frozen=True)
+class ShadowFigure:
+    """How one rule fared over an environment's recent validations: ``hits`` of ``checked``
+    checks would have blocked (a key rule) or failed (an info rule, which cannot block);
+    ``last_hit`` is when it last happened."""
+
+    label: str
+    scenario: str
+    severity: str
+    hits: int
+    checked: int
+    last_hit: datetime | None
+
+    @property
+    def would_block(self) -> bool:
+        return self.severity == rules.Severity.KEY
+
+
+def shadow_figures(environment: Environment, last: int | None = None) -> list[ShadowFigure]:
+    """Per rule (by its label and scenario), how often it would have blocked over the
+    environment's last ``last`` finished validations (``PERFGATE_SHADOW_WINDOW``), so ops can tune
+    a rule before enforcing it: a key check whose verdict the environment's policy blocks (fail;
+    with fail-closed, error and inconclusive too), and for an info rule a fail. One aggregate
+    query over the check results of those validations; the most frequent first."""
+    last = settings.PERFGATE_SHADOW_WINDOW if last is None else last
+    recent = (
+        Validation.objects.filter(project_id=environment.project_id, environment=environment)
+        .exclude(status__in=Validation.PENDING_STATUSES)
+        .order_by("-created_at")
+        .values("pk")[:last]
+    )
+    blocking = [verdict for verdict in rules.Verdict.values if environment.would_block(verdict)]
+    hit = Q(severity=rules.Severity.KEY, verdict__in=blocking) | Q(
+        severity=rules.Severity.INFO, verdict=rules.Verdict.FAIL
+    )
+    rows = (
+        CheckResult.objects.filter(validation__in=recent)
+        .values("label", "validation__scenario__name", "severity")
+        .annotate(
+            hits=Count("pk", filter=hit),
+            checked=Count("pk"),
+            last_hit=Max("validation__created_at", filter=hit),
+        )
+        .order_by("-hits", "validation__scenario__name", "label", "severity")
+    )
+    return [
+        ShadowFigure(
+            label=row["label"],
+            scenario=row["validation__scenario__name"] or "",
+            severity=row["severity"],
+            hits=row["hits"],
+            checked=row["checked"],
+            last_hit=row["last_hit"],
+        )
+        for row in rows
+    ]

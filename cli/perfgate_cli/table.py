@@ -1,8 +1,9 @@
 """The check table people read in a terminal: the CLI, and on the server `manage.py evaluate` and the demo.
 
 Pure code on plain dicts in the API's shape (``rule, observed, baseline, changePct, limit,
-verdict, reason``), so every caller prints the same table. It lives in the CLI's distribution
-because the CLI installs without the server; the server imports it from here.
+verdict, reason``) and the validation's ``notices`` (lines shown above the checks, e.g. "relative
+rules are not active: …"), so every caller prints the same table. It lives in the CLI's
+distribution because the CLI installs without the server; the server imports it from here.
 """
 
 from __future__ import annotations
@@ -34,8 +35,14 @@ def format_cell(key: str, value) -> str:
     return text if width is None or len(text) <= width else text[: width - 1] + "…"
 
 
-def check_table(checks: list[dict]) -> str:
-    """An aligned text table, one row per check."""
+def notice_lines(notices) -> list[str]:
+    """Each notice as the line shown above a check table: ``! relative rules are not active: …``."""
+    return [f"! {' '.join(str(notice).split())}" for notice in notices or ()]
+
+
+def check_table(checks: list[dict], notices=()) -> str:
+    """An aligned text table, one row per check, with the notices above it: a gate that checks
+    less than it seems to (relative rules without a baseline) says so where the checks are read."""
     rows = [[title for _, title in COLUMNS]]
     rows += [[format_cell(key, check.get(key)) for key, _ in COLUMNS] for check in checks]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
@@ -43,7 +50,7 @@ def check_table(checks: list[dict]) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
+    return "\n".join([*notice_lines(notices), *lines])
 
 
 def summary_line(validation: dict) -> str:

@@ -16,6 +16,8 @@ from gates.permissions import may, projects_where
 from gates.services import bypass_approve, bypass_reject, bypass_request, validation_cancel
 from gates.services.bypasses import bypass_refusal
 
+NOTICE_COLOUR = "#bc4c00"
+
 
 class CheckResultInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = CheckResult
@@ -97,6 +99,7 @@ class ValidationAdmin(ReadOnlyAdminMixin, ProjectScopedMixin, admin.ModelAdmin):
         "branch",
         "status_badge",
         "verdict_badge",
+        "notices",
         "deployment_allowed",
         "would_block",
         "status_reason",
@@ -151,6 +154,20 @@ class ValidationAdmin(ReadOnlyAdminMixin, ProjectScopedMixin, admin.ModelAdmin):
             return "—"
         return format_html(
             "<ul>{}</ul>", format_html_join("", '<li><a href="{}">{}</a> — asked by {}</li>', rows)
+        )
+
+    @admin.display(description="notices")
+    def notices(self, obj):
+        """What the gate could not check, shown before everything else that was decided
+        (e.g. "relative rules are not active: no baseline since …")."""
+        notices = (obj.report or {}).get("notices") or []
+        if not notices:
+            return "—"
+        return format_html(
+            '<ul style="margin:0;padding:0;list-style:none">{}</ul>',
+            format_html_join(
+                "", '<li><strong style="color:{}">⚠ {}</strong></li>', ((NOTICE_COLOUR, n) for n in notices)
+            ),
         )
 
     @admin.display(description="blocking reasons")

@@ -91,11 +91,12 @@ def summary_markdown(validation: Validation, *, max_bytes: int) -> str:
     if validation.status_reason and not validation.is_pending:
         head += f"{validation.status_reason}\n\n"
     tail = f"\n[Metric history chart]({chart}) · [Validation in perfgate]({page})\n"
-    checks = validation.report.get("checks", []) if validation.report else []
+    report = validation.report or {}
+    checks = report.get("checks", [])
     if not checks:
         return (head + tail)[:max_bytes]
     room = max_bytes - len(head.encode()) - len(tail.encode())
-    return head + markdown_table(checks, max_bytes=room) + tail
+    return head + markdown_table(checks, max_bytes=room, notices=report.get("notices", ())) + tail
 
 
 def _annotations(validation: Validation) -> list[dict]:

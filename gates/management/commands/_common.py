@@ -48,7 +48,8 @@ def render_validation(validation) -> str:
         "deploymentAllowed": validation.deployment_allowed,
         "wouldBlock": validation.would_block,
     }
-    lines = [check_table(validation.report.get("checks", [])), "", summary_line(data)]
+    report = validation.report or {}
+    lines = [check_table(report.get("checks", []), report.get("notices", ())), "", summary_line(data)]
     if validation.status_reason:
         lines.append(validation.status_reason)
     return "\n".join(lines)

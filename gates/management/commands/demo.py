@@ -122,7 +122,7 @@ class Command(BaseCommand):
                     f"Build {build}: the sample API answers in {latency:g} ms; CI asks perfgate to check it"
                 )
                 document = self.validate(api, base_url, build, target_url)
-                self.stdout.write(check_table(document["checks"]))
+                self.stdout.write(check_table(document["checks"], document.get("notices", ())))
                 self.stdout.write("")
                 self.stdout.write(summary_line(document))
                 if document.get("statusReason"):
