@@ -115,9 +115,41 @@ class ValidationSerializer(serializers.Serializer):
 
     @extend_schema_serializer(component_name="ValidationProgress")
     class Progress(serializers.Serializer):
+        @extend_schema_serializer(component_name="ABTestProgress")
+        class ABTest(serializers.Serializer):
+            """Gate-run mode: the A/B loop so far (``gates.loadtest.ab.ABLoop.progress``)."""
+
+            @extend_schema_serializer(component_name="ABTestCheckProgress")
+            class Check(serializers.Serializer):
+                metric = serializers.CharField(help_text='The rule\'s key, e.g. "http_req_duration p(95)".')
+                estimatePct = serializers.FloatField(help_text="The change over the reference so far, in %.")
+                intervalPct = serializers.ListField(
+                    child=serializers.FloatField(allow_null=True),
+                    min_length=2,
+                    max_length=2,
+                    help_text="Its interval [low, high] in %; null where too few pairs bound it.",
+                )
+
+            pairs = serializers.IntegerField(help_text="Pairs of repetitions done.")
+            maxPairs = serializers.IntegerField(help_text="The most pairs the loop may run.")
+            checks = Check(many=True, help_text="Per key relative rule, from the second pair on.")
+
         elapsedSeconds = serializers.FloatField()
         requests = serializers.IntegerField()
         requestRate = serializers.FloatField()
+        abTest = ABTest(required=False, help_text="Only in gate-run mode, while the A/B loop runs.")
+
+    @extend_schema_serializer(component_name="ABComparison")
+    class Comparison(serializers.Serializer):
+        """Gate-run mode's outcome: how the A/B loop ended and what it cost (``report.comparison``)."""
+
+        verdict = serializers.ChoiceField(["pass", "warn", "fail", "inconclusive"])
+        pairs = serializers.IntegerField(help_text="Pairs of repetitions run (ABBA order).")
+        stoppedBy = serializers.CharField(
+            allow_blank=True, help_text='Empty when decided; "max pairs" or "load-time limit" otherwise.'
+        )
+        loadSeconds = serializers.FloatField(help_text="Seconds of load on both sides, warm-ups included.")
+        repetitionSeconds = serializers.FloatField(help_text="Length of one repetition.")
 
     validationId = serializers.UUIDField(source="pk")
     project = serializers.CharField(source="project.slug")
@@ -135,6 +167,19 @@ class ValidationSerializer(serializers.Serializer):
     )
     checks = CheckSerializer(source="report.checks", default=list, many=True)
     blockingReasons = serializers.ListField(source="blocking_reasons", child=serializers.CharField())
+    notices = serializers.ListField(
+        source="report.notices",
+        default=list,
+        child=serializers.CharField(),
+        help_text='What every check table shows above the checks, e.g. "relative rules are not '
+        'active: no baseline since 2026-11-02".',
+    )
+    comparison = Comparison(
+        source="report.comparison",
+        default=None,
+        allow_null=True,
+        help_text="Gate-run mode only: the A/B loop's outcome; null in history mode.",
+    )
     progress = Progress(source="live_progress", allow_null=True)
     estimatedCompletion = serializers.DateTimeField(source="live_estimated_completion", allow_null=True)
     createdAt = serializers.DateTimeField(source="created_at")
@@ -174,6 +219,12 @@ class TestConfigSerializer(StrictSerializer):
 
     scenario = serializers.CharField(max_length=100, required=False)
     targetUrl = serializers.URLField(max_length=500, required=False)
+    referenceUrl = serializers.URLField(
+        max_length=500,
+        required=False,
+        help_text="Gate-run mode: the deployment to compare with side by side (e.g. production); "
+        "allowlisted like targetUrl. Relative rules then decide on interleaved A/B repetitions.",
+    )
     vus = serializers.IntegerField(min_value=1, max_value=100_000, required=False)
     duration = serializers.CharField(max_length=20, required=False, help_text='k6 duration, e.g. "60s"')
     thresholds = serializers.DictField(

@@ -35,6 +35,7 @@ from pydantic_core import PydanticCustomError
 
 from gates import rules
 from gates.audit import Actor, audit_record
+from gates.calibration import noise_for
 from gates.models import Environment, Project, Scenario, ThresholdRule
 from gates.rules import Severity
 from gates.targets import TargetRefused, check_target_url
@@ -196,6 +197,11 @@ class ScenarioConfig(_Section):
     script: str = _optional("Path of the script, relative to this file.")
     script_text: str = _optional("The script itself, inline.")
     target_url: str = Field(default="", description="Default target; it must be on allowedHosts.")
+    reference_url: str = Field(
+        default="",
+        description="Gate-run mode: the deployment to compare with side by side (production or "
+        "staging); it must be on allowedHosts.",
+    )
     vus: int = Field(default=10, ge=1, description="Default load in virtual users.")
     duration: Seconds = Field(default=30, description="Default duration.")
     max_vus: int = _optional("The most VUs a request may ask for; default: the larger of vus and 50.", ge=1)
@@ -221,8 +227,10 @@ class RelativeConfig(_Section):
         default=None, description="Warn from this change, in % of the baseline."
     )
     fail_pct: NonNegative = Field(description="Fail from this change, in % of the baseline.")
-    floor: NonNegative = Field(
-        default=0.0, description="Ignore changes smaller than this, in the metric's unit."
+    floor: NonNegative | None = Field(
+        default=None,
+        description="Ignore changes smaller than this, in the metric's unit (default: 1 ms for a "
+        "time metric, 0 for others).",
     )
     direction: DirectionName = Field(
         default=ThresholdRule.Direction.AUTO.value,
@@ -427,6 +435,11 @@ class _Checker:
                 check_target_url(config.target_url, allowed_hosts)
             except TargetRefused as exc:
                 self.fail(f"{place}.targetUrl", str(exc))
+        if config.reference_url:
+            try:
+                check_target_url(config.reference_url, allowed_hosts)
+            except TargetRefused as exc:
+                self.fail(f"{place}.referenceUrl", str(exc))
         max_vus = config.max_vus if "max_vus" in given else max(config.vus, 50)
         max_duration = config.max_duration if "max_duration" in given else max(config.duration, 300)
         if config.vus > max_vus:
@@ -442,6 +455,7 @@ class _Checker:
             "script_text": script_text,
             "script_path": script_path,
             "target_url": config.target_url,
+            "reference_url": config.reference_url,
             "vus": config.vus,
             "duration_seconds": config.duration,
             "max_vus": max_vus,
@@ -474,7 +488,7 @@ class _Checker:
             "aggregation": "",
             "warn_pct": None,
             "fail_pct": None,
-            "floor": 0.0,
+            "floor": None,
             "direction": ThresholdRule.Direction.AUTO.value,
         }
         given = config.model_fields_set
@@ -719,3 +733,35 @@ def config_apply(*, projects: list[dict], source: str, actor: Actor, dry_run: bo
         if dry_run:
             transaction.set_rollback(True)
     return applier.changes
+
+
+def config_noise_warnings(projects: list[dict]) -> list[str]:
+    """Relative rules of a checked configuration that fail from a smaller change than their
+    scenario's stored calibration says history mode can tell from noise. Not an error: the rule
+    works, but a regression between its fail % and the noise warns instead of blocking."""
+    warnings = []
+    for spec in projects:
+        calibrations = dict(
+            Scenario.objects.filter(project__slug=spec["slug"]).values_list("name", "calibration")
+        )
+        for rule in spec["rules"]:
+            if rule["kind"] != ThresholdRule.Kind.RELATIVE or not calibrations.get(rule["scenario"]):
+                continue
+            relative = rules.rule_from_fields(
+                label=f"{rule['metric']} {rule['aggregation']} relative",
+                kind=rule["kind"],
+                metric=rule["metric"],
+                aggregation=rule["aggregation"],
+                warn_pct=rule["warn_pct"],
+                fail_pct=rule["fail_pct"],
+                floor=rule["floor"],
+                direction=rule["direction"],
+            )
+            noise = noise_for(relative, calibrations[rule["scenario"]])
+            if noise is not None and noise.below_noise:
+                warnings.append(
+                    f"Warning: {spec['slug']}/{rule['scenario']} {relative.label}: "
+                    f"fail +{relative.fail_pct:g}% is below the noise ({noise.describe()}); "
+                    f"regressions under {noise.history_pct:.0f}% will warn, not block."
+                )
+    return warnings

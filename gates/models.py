@@ -144,6 +144,19 @@ class Scenario(ConfigSourced):
     target_url = models.CharField(
         max_length=500, blank=True, help_text="Default target; a request may name another."
     )
+    reference_url = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="Gate-run mode: the current production or staging deployment. When set (here or "
+        "in a request's testConfig.referenceUrl), perfgate runs interleaved repetitions against it "
+        "and the target and decides relative rules on the paired ratios, not on the history.",
+    )
+    calibration = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="What `manage.py calibrate` measured: the noise of each checked metric and the "
+        "smallest change the gate can detect.",
+    )
     vus = models.PositiveIntegerField(default=10)
     duration_seconds = models.PositiveIntegerField(default=30)
     max_vus = models.PositiveIntegerField(default=50, help_text="The most VUs a request may ask for.")
@@ -266,8 +279,10 @@ class ThresholdRule(ConfigSourced):
         "PERFGATE_RELATIVE_FAIL_PCT setting.",
     )
     floor = models.FloatField(
-        default=0.0,
-        help_text="Relative rules: ignore changes smaller than this, in the metric's unit (5 = 5 ms).",
+        null=True,
+        blank=True,
+        help_text="Relative rules: ignore changes smaller than this, in the metric's unit (5 = 5 ms). "
+        "Empty: 1 ms for time metrics, 0 for others.",
     )
     direction = models.CharField(max_length=4, choices=Direction.choices, default=Direction.AUTO)
     severity = models.CharField(max_length=4, choices=Severity.choices, default=Severity.KEY.value)

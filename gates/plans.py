@@ -155,13 +155,14 @@ def effective_test_config(project: Project, scenario: Scenario, requested: dict)
                 "allowed": f"{scenario.max_duration_seconds}s",
             }
             config["duration"] = f"{scenario.max_duration_seconds}s"
-    if config.get("targetUrl"):
-        try:
-            resolve_target(config["targetUrl"], project.allowed_hosts)
-        except TargetRefused as exc:
-            raise ServiceError(
-                f"Target URL refused: {exc}.", fields={"testConfig.targetUrl": [str(exc)]}
-            ) from exc
+    for key, name in (("targetUrl", "Target URL"), ("referenceUrl", "Reference URL")):
+        if config.get(key):
+            try:
+                resolve_target(config[key], project.allowed_hosts)
+            except TargetRefused as exc:
+                raise ServiceError(
+                    f"{name} refused: {exc}.", fields={f"testConfig.{key}": [str(exc)]}
+                ) from exc
     if capped:
         config["capped"] = capped
     return config

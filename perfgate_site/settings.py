@@ -339,9 +339,36 @@ PERFGATE_K6_BINARY = env.str("PERFGATE_K6_BINARY", default="")
 # a rule in perfgate.yaml that states its own numbers wins.
 PERFGATE_RELATIVE_WARN_PCT = env.float("PERFGATE_RELATIVE_WARN_PCT", default=5.0)
 PERFGATE_RELATIVE_FAIL_PCT = env.float("PERFGATE_RELATIVE_FAIL_PCT", default=10.0)
-# Significance level of the test that separates a real change from run-to-run noise.
-PERFGATE_SIGNIFICANCE_ALPHA = env.float("PERFGATE_SIGNIFICANCE_ALPHA", default=0.05)
-# How many recent passing runs a new baseline version is built from.
-PERFGATE_BASELINE_WINDOW = env.int("PERFGATE_BASELINE_WINDOW", default=5)
+# History mode: the one-sided false-block rate of the noise test, for the family of a validation's
+# key relative checks (Holm). Chosen from bench/decisions.py on this class of machine (docs/decisions.md).
+PERFGATE_FALSE_BLOCK_RATE = env.float("PERFGATE_FALSE_BLOCK_RATE", default=0.02)
+if not 0 < PERFGATE_FALSE_BLOCK_RATE < 0.5:
+    raise ImproperlyConfigured("PERFGATE_FALSE_BLOCK_RATE must be between 0 and 0.5.")
+# How many recent eligible runs (passed or warned) a baseline version keeps: its noise model needs many.
+PERFGATE_BASELINE_WINDOW = env.int("PERFGATE_BASELINE_WINDOW", default=30)
 if PERFGATE_BASELINE_WINDOW < 1:
     raise ImproperlyConfigured("PERFGATE_BASELINE_WINDOW must be at least 1.")
+# After this many validations in a row whose key relative rules had no baseline, every check table,
+# the admin and the GitHub summary say that relative rules are not active.
+PERFGATE_BLIND_AFTER = env.int("PERFGATE_BLIND_AFTER", default=3)
+# The admin's shadow figures: how often each rule would have blocked over this many validations.
+PERFGATE_SHADOW_WINDOW = env.int("PERFGATE_SHADOW_WINDOW", default=20)
+
+# Gate-run mode (a scenario with a reference URL): interleaved A/B repetitions, each one run of the
+# scenario's duration divided by PERFGATE_AB_REPETITIONS_PER_RUN (at least 1 s), decided on paired
+# ratios at PERFGATE_AB_ALPHA per side; at least MIN and at most MAX pairs, and never more than
+# PERFGATE_AB_MAX_LOAD_SECONDS of load in all.
+PERFGATE_AB_ALPHA = env.float("PERFGATE_AB_ALPHA", default=0.05)
+PERFGATE_AB_MIN_PAIRS = env.int("PERFGATE_AB_MIN_PAIRS", default=5)
+PERFGATE_AB_MAX_PAIRS = env.int("PERFGATE_AB_MAX_PAIRS", default=12)
+PERFGATE_AB_REPETITIONS_PER_RUN = env.int("PERFGATE_AB_REPETITIONS_PER_RUN", default=5)
+PERFGATE_AB_MAX_LOAD_SECONDS = env.int("PERFGATE_AB_MAX_LOAD_SECONDS", default=600)
+if not 1 <= PERFGATE_AB_MIN_PAIRS <= PERFGATE_AB_MAX_PAIRS:
+    raise ImproperlyConfigured("PERFGATE_AB_MIN_PAIRS must be at least 1 and at most PERFGATE_AB_MAX_PAIRS.")
+if not 0 < PERFGATE_AB_ALPHA < 0.5:
+    raise ImproperlyConfigured("PERFGATE_AB_ALPHA must be between 0 and 0.5.")
+if PERFGATE_AB_MAX_LOAD_SECONDS > PERFGATE_LONGEST_RUN_SECONDS:
+    raise ImproperlyConfigured(
+        f"PERFGATE_AB_MAX_LOAD_SECONDS ({PERFGATE_AB_MAX_LOAD_SECONDS}s) does not fit in a worker task: "
+        f"{_TIMEOUT_BUDGET}. Lower it or raise PERFGATE_TASK_TIMEOUT."
+    )

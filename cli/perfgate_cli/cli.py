@@ -456,6 +456,9 @@ def exit_code(validation: dict) -> int:
     return EXIT_ALLOWED
 
 
+MINUS = "\u2212"  # as typeset, so that +4.2% and -1.0% line up
+
+
 def progress_line(validation: dict, elapsed: float) -> str:
     """One line per poll: status, time waited, and the load test's progress when the server knows it."""
     parts = [f"perfgate: {validation.get('status')}", f"{_duration(elapsed)} elapsed"]
@@ -464,6 +467,15 @@ def progress_line(validation: dict, elapsed: float) -> str:
         parts.append(f"{progress['requests']:,} requests")
     if progress.get("requestRate") is not None:
         parts.append(f"{progress['requestRate']:,.1f} req/s")
+    ab_test = progress.get("abTest")
+    if ab_test:
+        parts.append(f"A/B pair {ab_test.get('pairs', 0)}/{ab_test.get('maxPairs', '?')}")
+        for check in ab_test.get("checks") or []:
+            low, high = (check.get("intervalPct") or [None, None])[:2]
+            parts.append(
+                f"{check.get('metric')} {_signed_pct(check.get('estimatePct'))} "
+                f"[{_signed_pct(low, -1)}, {_signed_pct(high, 1)}]"
+            )
     eta = validation.get("estimatedCompletion")
     if eta:
         try:
@@ -477,6 +489,14 @@ def progress_line(validation: dict, elapsed: float) -> str:
     return ", ".join(parts)
 
 
+def _signed_pct(value: float | None, unbounded: int = 0) -> str:
+    """+4.2% or, with a true minus sign, -1.0%; an interval's end that too few pairs bound
+    (``unbounded`` -1 or 1) is minus or plus infinity."""
+    if value is None:
+        return {-1: f"{MINUS}\u221e%", 1: "+\u221e%"}.get(unbounded, "?")
+    return f"{value:+.1f}%".replace("-", MINUS)
+
+
 def _duration(seconds: float) -> str:
     seconds = round(seconds)
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
@@ -486,7 +506,7 @@ def report(validation: dict, base_url: str, output: Output) -> None:
     """The check table, the blocking reasons, where to look next, and the summary line last."""
     checks = validation.get("checks") or []
     if checks:
-        output.out(check_table(checks))
+        output.out(check_table(checks, validation.get("notices") or ()))
         output.out()
     reasons = validation.get("blockingReasons") or []
     if reasons:

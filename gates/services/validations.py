@@ -17,11 +17,12 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from baselines.selectors import baseline_active, baseline_value_for
+from baselines.selectors import baseline_active, baseline_value_for, blind_notice, blind_since
 from gates import rules
 from gates.audit import SYSTEM, Actor, audit_record
 from gates.documents import report_of
 from gates.errors import IdempotencyMismatch, InvalidState, ServiceError
+from gates.loadtest import ab
 from gates.models import (
     CheckResult,
     Environment,
@@ -294,22 +295,40 @@ def _record_run(*, validation: Validation, results: ResultSet, source: str) -> R
     return run
 
 
-def _evaluate(validation: Validation, results: ResultSet, applied: list[AppliedRule], alpha: float):
-    """(applied rule or None, outcome) pairs: the load check first, then every rule."""
+def _evaluate(
+    validation: Validation,
+    results: ResultSet,
+    applied: list[AppliedRule],
+    alpha: float,
+    comparison: ab.ABDecision | None = None,
+):
+    """(applied rule or None, outcome) pairs: the load check first, then every rule in order.
+
+    Relative rules that the A/B ``comparison`` decided (gate-run mode) are judged on it; the
+    others compare with the baseline in history mode, the key ones sharing one false-block rate."""
     baseline = baseline_active(validation.project, validation.environment, validation.scenario)
     min_requests = validation.scenario.min_requests if validation.scenario else 0
-    pairs = [(None, rules.evaluate_load(results, min_requests))]
-    for item in applied:
+    outcomes: dict[int, rules.CheckOutcome] = {}
+    historical = []
+    for index, item in enumerate(applied):
         spec = item.spec
         if isinstance(spec, rules.AbsoluteRule):
-            pairs.append((item, rules.evaluate_absolute(spec, results)))
+            outcomes[index] = rules.evaluate_absolute(spec, results)
             continue
         series = results.find(spec.selector.name, spec.selector.tags)
-        reference = None
-        if baseline is not None:
-            key = series.key if series is not None else str(spec.selector)
-            reference = baseline_value_for(baseline, key, spec.aggregation)
-        pairs.append((item, rules.evaluate_relative(spec, results, reference, alpha=alpha)))
+        key = series.key if series is not None else str(spec.selector)
+        paired = comparison.check_for(ab.rule_key(key, spec.aggregation)) if comparison else None
+        if paired is not None:
+            outcomes[index] = rules.evaluate_paired(spec, results, paired)
+            continue
+        reference = baseline_value_for(baseline, key, spec.aggregation) if baseline is not None else None
+        historical.append((index, spec, reference))
+    judged = rules.evaluate_relatives(
+        [(spec, reference) for _, spec, reference in historical], results, alpha=alpha
+    )
+    outcomes.update(zip([index for index, _, _ in historical], judged, strict=True))
+    pairs = [(None, rules.evaluate_load(results, min_requests))]
+    pairs.extend((item, outcomes[index]) for index, item in enumerate(applied))
     return pairs, baseline
 
 
@@ -325,13 +344,15 @@ def validation_evaluate(
     actor: Actor,
     source: str = Run.Source.UPLOADED,
     applied: list[AppliedRule] | None = None,
+    comparison: ab.ABDecision | None = None,
 ) -> Validation:
     """Turn results into a verdict: record the run and its metrics, evaluate the load check and
     every rule, then set status, ``deployment_allowed`` and ``would_block`` by the environment's
     policy (shadow never blocks; fail-closed blocks on error and inconclusive).
 
     A validation that already has its outcome is refused: a decision, once made, is not rewritten.
-    ``applied`` saves reading the rules again when the caller already has them.
+    ``applied`` saves reading the rules again when the caller already has them. ``comparison`` is
+    gate-run mode's A/B decision: the relative rules it decided are judged on it.
     """
     validation = (
         Validation.objects.select_for_update(of=("self",))
@@ -346,7 +367,7 @@ def validation_evaluate(
     run = _record_run(validation=validation, results=results, source=source)
     if applied is None:
         applied = validation_rules(validation)
-    pairs, baseline = _evaluate(validation, results, applied, settings.PERFGATE_SIGNIFICANCE_ALPHA)
+    pairs, baseline = _evaluate(validation, results, applied, settings.PERFGATE_FALSE_BLOCK_RATE, comparison)
     outcomes = [outcome for _, outcome in pairs]
 
     verdict = rules.aggregate_verdict(outcomes)
@@ -384,7 +405,12 @@ def validation_evaluate(
         reason=_status_reason(verdict, status, environment, blocking_reasons, outcomes),
         blocking_reasons=blocking_reasons,
         verdict=verdict,
-        report=report_of(results, outcomes),
+        report=report_of(
+            results,
+            outcomes,
+            notices=_notices(validation, outcomes),
+            comparison=_comparison_document(comparison),
+        ),
         baseline=baseline,
         started_at=validation.started_at or timezone.now(),
     )
@@ -426,6 +452,28 @@ def validation_evaluate(
     )
     announce(validation, Change.FINISHED)
     return validation
+
+
+def _notices(validation: Validation, outcomes: list[rules.CheckOutcome]) -> list[str]:
+    """What every check table shows above the checks: that the key relative rules have been blind
+    (no baseline) for more than a few validations, so nobody takes a pass for a comparison."""
+    key_relative = [o for o in outcomes if o.kind == "relative" and o.severity == rules.Severity.KEY]
+    blind = bool(key_relative) and all(o.verdict == Verdict.NO_BASELINE for o in key_relative)
+    since = blind_since(validation.environment, validation.scenario, current_no_baseline=blind)
+    return [blind_notice(since)] if since else []
+
+
+def _comparison_document(comparison: ab.ABDecision | None) -> dict | None:
+    """What the report keeps of a gate-run A/B decision: how it ended and what it cost."""
+    if comparison is None:
+        return None
+    return {
+        "verdict": comparison.verdict,
+        "pairs": comparison.pairs,
+        "stoppedBy": comparison.stopped_by,
+        "loadSeconds": round(comparison.load_seconds, 1),
+        "repetitionSeconds": comparison.repetition_seconds,
+    }
 
 
 def _status_reason(

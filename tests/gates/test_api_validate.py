@@ -64,6 +64,8 @@ def test_uploaded_k6_results_are_evaluated_at_once(ci_api, k6_outputs, add_rule)
         "metrics",
         "checks",
         "blockingReasons",
+        "notices",
+        "comparison",
         "progress",
         "estimatedCompletion",
         "createdAt",
