@@ -1,13 +1,20 @@
 """Configuration in the admin: projects (and who may do what on them), environments, scenarios,
 rules. Every edit is audited with its before and after."""
 
+from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
+from django.utils.formats import date_format
+from django.utils.html import format_html, format_html_join
+from django.utils.timezone import localtime
 from guardian.admin import GuardedModelAdmin
 
+from baselines.selectors import blind_now, not_active_since
 from gates.admin.base import ConfigSourceMixin, ProjectScopedMixin
+from gates.calibration import rule_noise
 from gates.models import Environment, Project, Scenario, ThresholdRule
 from gates.permissions import projects_where, sees_every_project, visible_projects
+from gates.selectors import shadow_figures
 
 
 class EnvironmentInline(admin.TabularInline):
@@ -79,6 +86,10 @@ class ProjectAdmin(ConfigSourceMixin, ProjectScopedMixin, GuardedModelAdmin):
 
 @admin.register(Environment)
 class EnvironmentAdmin(ConfigSourceMixin, ProjectScopedMixin, admin.ModelAdmin):
+    """An environment's policy, with what the gate sees there: whether its relative rules have a
+    baseline to compare with, and how often each rule would have blocked recently (to tune a
+    rule in shadow mode before enforcing it)."""
+
     list_display = (
         "project",
         "name",
@@ -86,10 +97,63 @@ class EnvironmentAdmin(ConfigSourceMixin, ProjectScopedMixin, admin.ModelAdmin):
         "fail_closed",
         "require_staging_pass",
         "bypass_approvals",
+        "relative_rules",
         "source",
     )
     list_filter = ("name", "mode", "fail_closed")
     list_select_related = ("project",)
+    readonly_fields = ("relative_rules", "shadow_table")
+    GATE_FIELDS = readonly_fields
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        fields = [field for field in fieldsets[0][1]["fields"] if field not in self.GATE_FIELDS]
+        if obj is None:
+            return [(None, {"fields": fields})]
+        return [(None, {"fields": fields}), ("What the gate sees", {"fields": self.GATE_FIELDS})]
+
+    @admin.display(description="Relative rules")
+    def relative_rules(self, obj):
+        """Per scenario: "active", or "not active: no baseline since …" when its key relative
+        rules have had no baseline for more than PERFGATE_BLIND_AFTER validations in a row."""
+        states = []
+        for scenario in obj.project.scenarios.order_by("name"):
+            since = blind_now(obj, scenario)
+            states.append((scenario.name, "active" if since is None else not_active_since(since)))
+        if not states:
+            return "—"
+        return format_html(
+            '<ul style="margin:0;padding:0;list-style:none">{}</ul>',
+            format_html_join(
+                "",
+                '<li>{}: <strong style="color:{}">{}</strong></li>',
+                ((name, "#1a7f37" if state == "active" else "#bc4c00", state) for name, state in states),
+            ),
+        )
+
+    @admin.display(description="Shadow figures")
+    def shadow_table(self, obj):
+        """How often each rule would have blocked over the last PERFGATE_SHADOW_WINDOW validations."""
+        figures = shadow_figures(obj)
+        if not figures:
+            return "No finished validation yet."
+        rows = (
+            (
+                figure.label,
+                figure.severity,
+                figure.scenario or "—",
+                f"{'would have blocked' if figure.would_block else 'failed'} {figure.hits} of "
+                f"{figure.checked}",
+                date_format(localtime(figure.last_hit), "DATETIME_FORMAT") if figure.last_hit else "—",
+            )
+            for figure in figures
+        )
+        return format_html(
+            "<table><thead><tr><th>rule</th><th>severity</th><th>scenario</th><th>last {} validations</th>"
+            "<th>last time</th></tr></thead><tbody>{}</tbody></table>",
+            settings.PERFGATE_SHADOW_WINDOW,
+            format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
+        )
 
 
 @admin.register(Scenario)
@@ -107,11 +171,37 @@ class ScenarioAdmin(ConfigSourceMixin, ProjectScopedMixin, admin.ModelAdmin):
     list_filter = ("tool", ("project", admin.RelatedOnlyFieldListFilter))
     list_select_related = ("project",)
     search_fields = ("name", "project__slug")
+    # What `manage.py calibrate` measured: a record, never edited here.
+    readonly_fields = ("calibration", "calibrated_noise")
+
+    @admin.display(description="Noise of its relative rules")
+    def calibrated_noise(self, obj):
+        """Each relative rule with its calibrated noise, flagged when its fail % is below it."""
+        if obj.pk is None:
+            return "—"
+        relative = obj.rules.filter(kind=ThresholdRule.Kind.RELATIVE).select_related("scenario")
+        rows = [(rule.label, _noise_html(rule)) for rule in relative.order_by("id")]
+        if not rows:
+            return "No relative rule."
+        return format_html(
+            '<ul style="margin:0;padding:0;list-style:none">{}</ul>',
+            format_html_join("", "<li>{}: {}</li>", rows),
+        )
 
 
 @admin.register(ThresholdRule)
 class ThresholdRuleAdmin(ConfigSourceMixin, ProjectScopedMixin, admin.ModelAdmin):
-    list_display = ("project", "scenario", "metric", "kind", "expression", "severity", "applies_to", "source")
+    list_display = (
+        "project",
+        "scenario",
+        "metric",
+        "kind",
+        "expression",
+        "noise",
+        "severity",
+        "applies_to",
+        "source",
+    )
     list_filter = ("kind", "severity", ("project", admin.RelatedOnlyFieldListFilter))
     list_select_related = ("project", "scenario")
     filter_horizontal = ("environments",)
@@ -119,9 +209,10 @@ class ThresholdRuleAdmin(ConfigSourceMixin, ProjectScopedMixin, admin.ModelAdmin
     fieldsets = (
         (None, {"fields": ("project", "scenario", "environments", "metric", "kind", "severity")}),
         ("Absolute rule", {"fields": ("threshold",)}),
-        ("Relative rule", {"fields": ("aggregation", "warn_pct", "fail_pct", "floor", "direction")}),
+        ("Relative rule", {"fields": ("aggregation", "warn_pct", "fail_pct", "floor", "direction", "noise")}),
         ("Origin", {"fields": ("config_source",)}),
     )
+    readonly_fields = ("noise",)
 
     @admin.display(description="rule")
     def expression(self, obj):
@@ -133,6 +224,10 @@ class ThresholdRuleAdmin(ConfigSourceMixin, ProjectScopedMixin, admin.ModelAdmin
                 else f"{obj.aggregation}: default limits"
             )
         return obj.threshold
+
+    @admin.display(description="calibrated noise")
+    def noise(self, obj):
+        return _noise_html(obj)
 
     @admin.display(description="environments")
     def applies_to(self, obj):
@@ -148,3 +243,19 @@ class ThresholdRuleAdmin(ConfigSourceMixin, ProjectScopedMixin, admin.ModelAdmin
                 project__in=projects_where(request.user, self.change_right)
             ).select_related("project")
         return super().formfield_for_manytomany(db_field, request, **kwargs)
+
+
+def _noise_html(rule: ThresholdRule):
+    """``CV 6.8%, detects ≥ 23% (history) / ≥ 14% (gate-run), calibrated 2026-12-01 on staging``,
+    with a red "below noise" when the rule fails from a smaller change than history mode sees."""
+    noise = rule_noise(rule) if rule.pk is not None else None
+    if noise is None:
+        return "—" if rule.kind != ThresholdRule.Kind.RELATIVE else "not calibrated"
+    if not noise.below_noise:
+        return noise.describe()
+    return format_html(
+        '{} <strong style="color:#cf222e" title="Its fail % ({}%) is below what history mode can tell '
+        'from noise: smaller regressions warn instead of blocking.">below noise</strong>',
+        noise.describe(),
+        f"{noise.fail_pct:g}",
+    )

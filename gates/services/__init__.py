@@ -3,10 +3,11 @@ the acting ``Actor``, and writes its audit event in the same transaction.
 
 ``validations``: asking (one way in: ``validation_request``), evaluating, blocking, errors.
 ``runs``: claiming, leases, cancelling, reaping. ``bypasses``: emergency bypasses and their
-four-eyes approval.
+four-eyes approval. ``calibration``: storing a scenario's measured noise.
 """
 
 from gates.services.bypasses import bypass_approve, bypass_expire_due, bypass_reject, bypass_request
+from gates.services.calibration import scenario_calibrate
 from gates.services.runs import (
     validation_cancel,
     validation_claim,
@@ -26,6 +27,7 @@ __all__ = [
     "bypass_expire_due",
     "bypass_reject",
     "bypass_request",
+    "scenario_calibrate",
     "validation_block",
     "validation_cancel",
     "validation_claim",

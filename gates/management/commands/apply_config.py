@@ -4,7 +4,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from gates.config import ConfigError, config_apply, config_json_schema, load_config
+from gates.config import ConfigError, config_apply, config_json_schema, config_noise_warnings, load_config
 from gates.management.commands._common import USAGE_ERROR, cli_actor
 
 
@@ -40,6 +40,8 @@ class Command(BaseCommand):
         )
         for change in changes:
             self.stdout.write(str(change))
+        for warning in config_noise_warnings(projects):
+            self.stdout.write(self.style.WARNING(warning))
         if options["dry_run"]:
             self.stdout.write(f"Dry run: {len(changes)} change(s) would be applied; nothing was written.")
         elif changes:
