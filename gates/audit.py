@@ -12,6 +12,7 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
@@ -45,20 +46,40 @@ class Actor:
 SYSTEM = Actor("system", "perfgate")
 
 
-def _finite(value: Any) -> Any:
-    """NaN and infinity survive no database's JSON type: store them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+def _canonical_number(value: float) -> float | int | None:
+    """A float as every database's JSON column gives it back.
+
+    PostgreSQL's jsonb keeps numbers as ``numeric``, which has no infinity, NaN or negative zero
+    and writes no exponent: Python's ``1e+17`` comes back as the integer ``100000000000000000``,
+    ``-0.0`` as ``0.0``. A float whose shortest form has a positive exponent is a whole number,
+    so it is stored as that integer, spelt from the same shortest digits that PostgreSQL reads
+    (``1e23`` is 100000000000000000000000, not the float's exact binary value); small exponents
+    (``1.5e-300``) read back as the same float and stay as they are.
+    """
+    if not math.isfinite(value):
+        return None  # NaN and infinity survive no database's JSON type
+    if value == 0:
+        return 0.0
+    text = repr(value)
+    if "e+" in text:
+        return int(Decimal(text))
+    return value
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, float):
+        return _canonical_number(value)
     if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
+        return {str(k): _canonical(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [_canonical(v) for v in value]
     return value
 
 
 def _jsonable(value: Any) -> Any:
-    """Exactly what the JSON column will give back, so the hash is computed on stored data."""
-    return json.loads(json.dumps(_finite(value), cls=DjangoJSONEncoder))
+    """Exactly what the JSON column will give back, on SQLite and PostgreSQL alike, so the hash
+    is computed on the data as it will be read."""
+    return json.loads(json.dumps(_canonical(value), cls=DjangoJSONEncoder))
 
 
 def canonical_json(event: AuditEvent) -> str:

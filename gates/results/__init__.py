@@ -5,7 +5,8 @@
 
 Pure code: no Django. Raw formats (k6 NDJSON, JMeter JTL, Locust JSON) are recomputed exactly,
 including any requested submetric; pre-aggregated ones (k6 summaries, Locust CSV) hold what the
-tool wrote. Bad input raises :class:`ParseError` and nothing else.
+tool wrote. Bad input raises :class:`ParseError` and nothing else; so does a number no load test
+can produce (a negative duration or count, a rate outside [0, 1], one past 2**53).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Iterable
 from typing import BinaryIO
 
 from gates.results.base import ParseError, ResultSet, Series, Tags
-from gates.results.common import parse_selector
+from gates.results.common import check_physical, parse_selector
 from gates.results.detect import FORMATS, detect_format, strip_bom
 from gates.results.jmeter import parse_jtl
 from gates.results.k6 import parse_handle_summary, parse_summary_export
@@ -151,6 +152,17 @@ def _parse_stream(
         else:
             fmt = detect_format(head, name)
 
+    return check_physical(_parse_format(reader, fmt, name, submetrics, percentiles, warmup_tag), source=name)
+
+
+def _parse_format(
+    reader: BinaryIO,
+    fmt: str,
+    name: str,
+    submetrics: list[tuple[str, Tags]],
+    percentiles: list[float],
+    warmup_tag: tuple[str, str] | None,
+) -> ResultSet:
     if fmt == "k6-ndjson":
         return parse_k6_ndjson(
             reader, source=name, submetrics=submetrics, percentiles=percentiles, warmup_tag=warmup_tag

@@ -9,11 +9,28 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from gates.results.base import COUNTER, GAUGE, RATE, TREND, ParseError, Tags, normalize_tags
+from gates.results.base import (
+    COUNTER,
+    GAUGE,
+    RATE,
+    TREND,
+    ParseError,
+    ResultSet,
+    Series,
+    Tags,
+    normalize_tags,
+)
 
 # No tool writes lines anywhere near this long; a file that does is not results, and reading its
 # "line" whole would take memory proportional to the file.
 MAX_LINE_BYTES = 8 << 20
+
+# Past 2**53 a float no longer counts in ones, and no run measures anything that large: such a
+# number is corrupt or hostile, and sums or means over it can overflow to infinity.
+MAX_MAGNITUDE = 2**53
+
+# Aggregations that count things, whatever the metric's kind.
+_COUNT_AGGREGATIONS = frozenset({"count", "passes", "fails"})
 
 # k6's "contains" value type → the unit perfgate shows.
 UNITS = {"time": "ms", "data": "bytes", "default": ""}
@@ -161,3 +178,51 @@ def bounded_lines(readline: Callable[[int], str], *, source: str) -> Iterator[st
                 f"line longer than {MAX_LINE_BYTES >> 20} MiB: not a results file", source=source, line=number
             )
         yield line
+
+
+def _impossible(series: Series, aggregation: str, value: float) -> str | None:
+    """Why ``value`` cannot be what the tool measured, or ``None`` when it can be."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return "not a number"
+    if not math.isfinite(value):
+        return "not a finite number"
+    if abs(value) > MAX_MAGNITUDE:
+        return "too large to be a measurement (over 2**53)"
+    if aggregation in _COUNT_AGGREGATIONS and (value < 0 or value != int(value)):
+        return "a count is a whole number, not negative"
+    if series.kind == RATE and aggregation == "rate" and not 0 <= value <= 1:
+        return "a rate is a fraction from 0 to 1"
+    if series.kind == COUNTER and value < 0:
+        return "a counter does not go below zero"
+    if series.kind == TREND and series.unit == UNITS["time"] and value < 0:
+        return "a duration is not negative"
+    return None
+
+
+def _check_amount(value: float | int | None, what: str, *, source: str) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value) or not 0 <= value <= MAX_MAGNITUDE:
+        raise ParseError(f"impossible value for {what}: {describe(value)}", source=source)
+
+
+def check_physical(result: ResultSet, *, source: str) -> ResultSet:
+    """``result`` unchanged, or a ParseError naming the first number no load test can produce:
+    a negative duration or count, a rate outside [0, 1], a non-finite or overflowing number.
+
+    Checked once on the normalized shape, so every format is held to the same limits; an
+    impossible number that reached a verdict could pass a gate it should fail."""
+    for series in result.series.values():
+        _check_amount(series.samples, f"{series.key} samples", source=source)
+        for aggregation, value in series.values.items():
+            problem = _impossible(series, aggregation, value)
+            if problem is not None:
+                raise ParseError(
+                    f"impossible value for {series.key} {aggregation}: {describe(value)} ({problem})",
+                    source=source,
+                )
+    _check_amount(result.duration_seconds, "the test duration", source=source)
+    if result.warmup is not None:
+        _check_amount(result.warmup.seconds, "the warm-up duration", source=source)
+        _check_amount(result.warmup.requests, "the warm-up requests", source=source)
+    return result

@@ -1,5 +1,7 @@
 """The audit log: append-only in the model layer, hash-chained, tampering detected."""
 
+import json
+import math
 from io import StringIO
 
 import pytest
@@ -101,6 +103,43 @@ def test_verify_audit_log_exits_non_zero_at_the_first_broken_link():
         call_command("verify_audit_log", stdout=StringIO(), stderr=err)
     assert exit_.value.code == 1
     assert f"#{events[0].pk}" in err.getvalue()
+
+
+NUMBERS_EVERY_DATABASE_STORES_ITS_OWN_WAY = {
+    "huge": 1e17,
+    "negative_zero": -0.0,
+    "tiny": 1.5e-300,
+    "big_and_odd": 123456789012345678.0,
+    "nested": [{"p(95)": 1e23}, -1e16, 0.1],
+}
+
+
+@pytest.mark.django_db
+def test_an_event_with_numbers_the_database_rewrites_still_verifies():
+    with transaction.atomic():
+        event = audit_record(action="test.event", actor=ACTOR, data=NUMBERS_EVERY_DATABASE_STORES_ITS_OWN_WAY)
+    stored = AuditEvent.objects.get(pk=event.pk)
+    assert stored.data == event.data
+    assert stored.data["huge"] == 100000000000000000 and stored.data["big_and_odd"] == 123456789012345680
+    assert math.copysign(1, stored.data["negative_zero"]) == 1
+    assert stored.data["tiny"] == 1.5e-300
+    assert verify_chain() == (1, None)
+    out = StringIO()
+    call_command("verify_audit_log", stdout=out)
+    assert "intact: 1 event(s)" in out.getvalue()
+
+
+@pytest.mark.django_db
+def test_numbers_are_stored_as_the_database_gives_them_back():
+    with transaction.atomic():
+        event = audit_record(action="test.event", actor=ACTOR, data={"n": [1e17, -0.0, float("nan"), 2.5]})
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT data FROM gates_auditevent WHERE id = %s", [event.pk])
+        raw = cursor.fetchone()[0]
+    read_back = raw if isinstance(raw, dict) else json.loads(raw)
+    # Compared as text: 1e17 == 100000000000000000 and -0.0 == 0.0 in Python, not in a hash.
+    expected = '{"n": [100000000000000000, 0.0, null, 2.5]}'
+    assert json.dumps(read_back) == expected == json.dumps(event.data)
 
 
 postgres_only = pytest.mark.skipif(
