@@ -387,13 +387,32 @@ class StatusView(APIView):
         query = _query(self.QuerySerializer, request)
         # The hot path of CI's polling: one prepared statement, the token's environments checked
         # on the row it found.
-        project, _ = scope(request.auth, query.get("project"), None, environment_required=False)
-        validation = selectors.validation_for_build(project, build_id, query.get("environment"))
-        if not request.auth.allows_environment(validation.environment.name):
-            raise NotFound(f"No validation of build {build_id!r} this token may see.")
+        token = request.auth
+        project, _ = scope(token, query.get("project"), None, environment_required=False)
+        environment_name = query.get("environment")
+        if environment_name and not token.allows_environment(environment_name):
+            raise NotPermitted(f"This token may not touch {project.slug}/{environment_name}.")
+        validation = selectors.validation_for_build(project, build_id, environment_name)
+        if not token.allows_environment(validation.environment.name):
+            validation = _latest_allowed_validation(token, project, build_id)
         if query["wait"]:
             validation = selectors.status_wait(validation, query["wait"])
         return validation_response(validation)
+
+
+def _latest_allowed_validation(token: ApiToken, project: Project, build_id: str) -> Validation:
+    """The latest validation of a build in the environments the token may see, when the latest of
+    all is in one it may not. The build is the token's own project's, so saying that it exists
+    only elsewhere leaks nothing: 403, as for naming that environment, not 404."""
+    found = []
+    for name in token.environments:
+        try:
+            found.append(selectors.validation_for_build(project, build_id, name))
+        except NotFound:
+            continue
+    if not found:
+        raise NotPermitted(f"Build {build_id!r} has no validation in an environment this token may touch.")
+    return max(found, key=lambda validation: validation.created_at)
 
 
 class BlockView(APIView):

@@ -109,16 +109,21 @@ class Environment(ConfigSourced):
     def enforced(self) -> bool:
         return self.mode == self.Mode.ENFORCE
 
-    def would_block(self, verdict: str) -> bool:
+    def would_block(self, verdict: str, *, insufficient_load: bool = False) -> bool:
         """What enforcement does with a verdict: a fail always blocks; an error or an
-        inconclusive result blocks only in a fail-closed environment."""
-        if verdict == Verdict.FAIL:
+        inconclusive result blocks only in a fail-closed environment.
+
+        Insufficient load (the load check's error) blocks everywhere. Fail-open exists so that
+        perfgate's own trouble (target down, tool crashed) does not hold deployments back; a
+        test that measured too little is not trouble but a gate that did not run, and how much
+        load runs is partly CI's to choose, so letting it through would let CI skip the gate."""
+        if verdict == Verdict.FAIL or insufficient_load:
             return True
         return self.fail_closed and verdict in (Verdict.ERROR, Verdict.INCONCLUSIVE)
 
-    def outcome_for(self, verdict: str) -> tuple[str, bool]:
+    def outcome_for(self, verdict: str, *, insufficient_load: bool = False) -> tuple[str, bool]:
         """(status, deployment_allowed) for a verdict under this environment's policy."""
-        if self.enforced and self.would_block(verdict):
+        if self.enforced and self.would_block(verdict, insufficient_load=insufficient_load):
             return Validation.Status.BLOCKED, False
         if verdict == Verdict.ERROR:
             # No trustworthy verdict, and policy lets it through: proceed, loudly.
@@ -685,12 +690,21 @@ class BypassApproval(models.Model):
 
 class IdempotencyKey(models.Model):
     """An ``Idempotency-Key`` a client sent with a validate request, and a fingerprint of that
-    request: the same key with another body is refused instead of silently answered."""
+    request: the same key with another body is refused instead of silently answered.
+
+    The row is the claim on the key: it is inserted before the validation is created, in the same
+    transaction, so it is never committed without its validation."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
     key = models.CharField(max_length=200)
     fingerprint = models.CharField(max_length=64, help_text="SHA-256 of the request body (and upload).")
-    validation = models.ForeignKey(Validation, on_delete=models.CASCADE, related_name="+")
+    validation = models.ForeignKey(
+        Validation,
+        on_delete=models.CASCADE,
+        related_name="+",
+        null=True,
+        help_text="Empty only inside the transaction of the request that claimed the key.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -12,7 +12,7 @@ from django.db.models import Q
 from gates import rules
 from gates.errors import ServiceError
 from gates.models import Environment, Project, Scenario, ThresholdRule, Validation
-from gates.targets import TargetRefused, resolve_target
+from gates.targets import TargetRefused, ports_of, resolve_target
 from gates.units import parse_duration
 
 
@@ -135,12 +135,30 @@ def validation_plan(*, project: Project, environment: Environment, test_config: 
     return Plan(scenario=scenario, test_config=effective, rules=rules_for(environment, scenario, effective))
 
 
+# The least load a request may ask for. Less would let CI skip the gate: k6 with "0s" measures
+# nothing, and (before insufficient load blocked everywhere) a fail-open environment let that pass.
+# A request may shorten a scenario's test, but not below the scenario's own duration or
+# MIN_DURATION_SECONDS, whichever is less; a scenario registered shorter than that keeps its length.
+MIN_DURATION_SECONDS = 10
+MIN_VUS = 1
+
+
+def min_duration_seconds(scenario: Scenario) -> int:
+    """The shortest test a request may ask of this scenario, in seconds."""
+    return min(scenario.duration_seconds, MIN_DURATION_SECONDS)
+
+
 def effective_test_config(project: Project, scenario: Scenario, requested: dict) -> dict:
     """The request's testConfig with its load capped by the scenario's limits and its target
-    checked against the project's allowlist. The caps are recorded, so nobody wonders later."""
+    checked against the project's allowlist. The caps are recorded, so nobody wonders later.
+    Less load than the floor (MIN_VUS, min_duration_seconds) is refused, never raised: a
+    ServiceError naming the field."""
     config = {key: value for key, value in requested.items() if key != "capped"}
     config["scenario"] = scenario.name
     capped = {}
+    if config.get("vus") is not None and config["vus"] < MIN_VUS:
+        detail = f"At least {MIN_VUS} VU is needed to measure anything; got {config['vus']}."
+        raise ServiceError(detail, fields={"testConfig.vus": [detail]})
     if config.get("vus") is not None and config["vus"] > scenario.max_vus:
         capped["vus"] = {"requested": config["vus"], "allowed": scenario.max_vus}
         config["vus"] = scenario.max_vus
@@ -149,6 +167,13 @@ def effective_test_config(project: Project, scenario: Scenario, requested: dict)
             seconds = parse_duration(config["duration"])
         except ValueError as exc:
             raise ServiceError(str(exc), fields={"testConfig.duration": [str(exc)]}) from exc
+        shortest = min_duration_seconds(scenario)
+        if seconds < shortest:
+            detail = (
+                f"A test of {config['duration']} is too short to gate on: scenario {scenario.name} "
+                f"needs at least {shortest}s."
+            )
+            raise ServiceError(detail, fields={"testConfig.duration": [detail]})
         if seconds > scenario.max_duration_seconds:
             capped["duration"] = {
                 "requested": config["duration"],
@@ -158,7 +183,11 @@ def effective_test_config(project: Project, scenario: Scenario, requested: dict)
     for key, name in (("targetUrl", "Target URL"), ("referenceUrl", "Reference URL")):
         if config.get(key):
             try:
-                resolve_target(config[key], project.allowed_hosts)
+                resolve_target(
+                    config[key],
+                    project.allowed_hosts,
+                    configured_ports=ports_of(scenario.target_url, scenario.reference_url),
+                )
             except TargetRefused as exc:
                 raise ServiceError(
                     f"{name} refused: {exc}.", fields={f"testConfig.{key}": [str(exc)]}

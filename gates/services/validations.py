@@ -76,16 +76,21 @@ def validation_request(
             return seen.validation, False
     plan = validation_plan(project=project, environment=environment, test_config=test_config)
     existing = Validation.objects.of_build(project, environment, build_id)
-    if existing is not None and (not existing.is_pending or results is None):
-        validation, created = existing, False
-    else:
+    take_existing = existing is not None and (not existing.is_pending or results is None)
+    missing, parsed = "", None
+    if not take_existing:
         if existing is not None:
             plan = plan_of(existing)  # results for a build already asked: judged by its own plan
         missing = _missing_staging_pass(project, environment, git_hash)
-        parsed = None
         if results is not None and not missing:
             parsed = _parse(results, results_format=results_format, results_name=results_name, plan=plan)
-        with transaction.atomic():
+    with transaction.atomic():
+        claim = _idempotency_claim(project, idempotency_key, fingerprint) if idempotency_key else None
+        if claim is not None and claim.validation_id is not None:
+            return claim.validation, False  # a concurrent twin with the same request made it
+        if take_existing:
+            validation, created = existing, False
+        else:
             validation, created = _validation_create(
                 project=project,
                 environment=environment,
@@ -107,8 +112,9 @@ def validation_request(
                 )
             elif created:
                 transaction.on_commit(lambda: _queue_run(validation))
-    if idempotency_key:
-        _remember_idempotency_key(project, idempotency_key, fingerprint, validation)
+        if claim is not None:
+            claim.validation = validation
+            claim.save(update_fields=["validation"])
     return validation, created
 
 
@@ -130,14 +136,27 @@ def _idempotency_key_seen(project: Project, key: str, fingerprint: str) -> Idemp
     return seen
 
 
-def _remember_idempotency_key(project: Project, key: str, fingerprint: str, validation: Validation) -> None:
-    try:
-        with transaction.atomic():
-            IdempotencyKey.objects.create(
-                project=project, key=key, fingerprint=fingerprint, validation=validation
-            )
-    except IntegrityError:
-        _idempotency_key_seen(project, key, fingerprint)  # a concurrent twin: refused if it differs
+def _idempotency_claim(project: Project, key: str, fingerprint: str) -> IdempotencyKey:
+    """Claim ``key`` for this request before anything is created: the new, still empty row (the
+    caller fills in its validation), or the row of the request that claimed it first.
+
+    Call it first in the transaction that creates the validation. The unique constraint makes
+    the claim atomic: on PostgreSQL a concurrent INSERT of the same key waits until the claiming
+    transaction ends (SQLite's IMMEDIATE transactions queue whole), then fails if it committed (so
+    the winner's row is complete: replayed, or refused if the request differs, with nothing
+    written) or succeeds if it rolled back, so a request that failed never blocks a retry.
+    """
+    for _ in range(3):
+        try:
+            with transaction.atomic():
+                return IdempotencyKey.objects.create(project=project, key=key, fingerprint=fingerprint)
+        except IntegrityError:
+            seen = _idempotency_key_seen(project, key, fingerprint)
+            if seen is not None:
+                return seen
+            # The claiming row went away between our INSERT and the read (its project or
+            # validation was deleted): claim again.
+    raise InvalidState("This Idempotency-Key is in use by another request; try again.")
 
 
 def _parse(results, *, results_format: str | None, results_name: str | None, plan: Plan) -> ResultSet:
@@ -371,9 +390,16 @@ def validation_evaluate(
     outcomes = [outcome for _, outcome in pairs]
 
     verdict = rules.aggregate_verdict(outcomes)
-    status, deployment_allowed = environment.outcome_for(verdict)
-    would_block = environment.would_block(verdict)
-    blocking_reasons = [f"{o.metric} {o.reason}".strip() for o in outcomes if _blocking(o, environment)]
+    # Too little load is an error, yet it blocks even where fail-open lets errors through (see
+    # Environment.would_block): otherwise CI could skip the gate by asking for next to no load.
+    insufficient_load = any(o.kind == "load" and o.verdict == Verdict.ERROR for o in outcomes)
+    status, deployment_allowed = environment.outcome_for(verdict, insufficient_load=insufficient_load)
+    would_block = environment.would_block(verdict, insufficient_load=insufficient_load)
+    blocking_reasons = [
+        f"{o.metric} {o.reason}".strip()
+        for o in outcomes
+        if _blocking(o, environment) or (o.kind == "load" and o.verdict == Verdict.ERROR)
+    ]
 
     CheckResult.objects.bulk_create(
         CheckResult(
@@ -402,7 +428,9 @@ def validation_evaluate(
         status=status,
         deployment_allowed=deployment_allowed,
         would_block=would_block,
-        reason=_status_reason(verdict, status, environment, blocking_reasons, outcomes),
+        reason=_status_reason(
+            verdict, status, environment, blocking_reasons, outcomes, would_block=would_block
+        ),
         blocking_reasons=blocking_reasons,
         verdict=verdict,
         report=report_of(
@@ -482,11 +510,13 @@ def _status_reason(
     environment: Environment,
     blocking: list[str],
     outcomes: list[rules.CheckOutcome],
+    *,
+    would_block: bool,
 ) -> str:
     """The one sentence CI logs and the admin list show."""
     if status == Validation.Status.BLOCKED:
         return "Blocked: " + "; ".join(blocking) if blocking else f"Blocked: verdict {verdict}."
-    if not environment.enforced and environment.would_block(verdict):
+    if not environment.enforced and would_block:
         return "Shadow mode: enforcement would have blocked (" + "; ".join(blocking) + ")."
     if status == Validation.Status.FAILED:
         errors = [f"{o.metric} {o.reason}".strip() for o in outcomes if o.verdict == Verdict.ERROR]

@@ -1,4 +1,5 @@
-"""Twenty CI jobs asking for the same build at the same moment make one validation.
+"""Twenty CI jobs asking for the same build (or with the same Idempotency-Key) at the same moment
+make one validation.
 
 Real transactions in real threads, each with its own database connection. On SQLite writers are
 serialized anyway; the interesting run is CI's PostgreSQL pass, where they truly race.
@@ -11,43 +12,51 @@ import pytest
 from django.db import connection
 from rest_framework.test import APIClient
 
-from gates.models import AuditEvent, Run, Validation
+from gates.errors import ServiceError
+from gates.models import AuditEvent, IdempotencyKey, Run, Validation
+from gates.services import validations
 from tests.conftest import make_token
 
 THREADS = 20
 
 
-def race(token: str, body: dict) -> list[int]:
+def race(token: str, body: dict | list[dict], headers: dict | None = None) -> list[tuple[int, dict]]:
+    """Post ``body`` (or the i-th of ``body``) from every thread at once: (status, JSON) each."""
+    bodies = body if isinstance(body, list) else [body] * THREADS
     barrier = threading.Barrier(THREADS)
-    codes: list[int] = []
+    answers: list[tuple[int, dict]] = []
     lock = threading.Lock()
 
-    def ask():
+    def ask(document):
         client = APIClient()
-        client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}", **(headers or {}))
         barrier.wait()
         try:
-            response = client.post("/api/ci-cd/performance/validate", body, format="json")
+            response = client.post("/api/ci-cd/performance/validate", document, format="json")
             with lock:
-                codes.append(response.status_code)
+                answers.append((response.status_code, response.json()))
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=ask) for _ in range(THREADS)]
+    threads = [threading.Thread(target=ask, args=(document,)) for document in bodies]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
-    return codes
+    return answers
+
+
+def codes_of(answers: list[tuple[int, dict]]) -> list[int]:
+    return sorted(code for code, _ in answers)
 
 
 @pytest.mark.django_db(transaction=True)
 def test_twenty_simultaneous_requests_make_one_queued_validation(project):
     _, token = make_token(project, "ci")
     body = {"project": "wedsync-web", "buildId": "race-1", "environment": "staging", "gitHash": "a" * 40}
-    codes = race(token, body)
+    codes = codes_of(race(token, body))
 
-    assert sorted(codes) == [200] * (THREADS - 1) + [202]
+    assert codes == [200] * (THREADS - 1) + [202]
     assert Validation.objects.count() == 1
     assert AuditEvent.objects.filter(action="validation.requested").count() == 1
 
@@ -62,10 +71,61 @@ def test_twenty_simultaneous_uploads_are_evaluated_once(project, k6_outputs):
         "gitHash": "a" * 40,
         "results": json.loads(k6_outputs.summary_export.read_text()),
     }
-    codes = race(token, body)
+    codes = codes_of(race(token, body))
 
     assert codes == [200] * THREADS
     assert Validation.objects.count() == 1 and Run.objects.count() == 1
     # Evaluated in the request that made it: one event records both the request and the decision.
     assert AuditEvent.objects.filter(action__startswith="validation.").count() == 1
     assert AuditEvent.objects.get(action__startswith="validation.").action == "validation.evaluated"
+
+
+def staging_request(build_id: str) -> dict:
+    return {"project": "wedsync-web", "buildId": build_id, "environment": "staging", "gitHash": "a" * 40}
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_one_idempotency_key_with_twenty_different_bodies_makes_one_validation(project):
+    _, token = make_token(project, "ci")
+    bodies = [staging_request(f"race-key-{i}") for i in range(THREADS)]
+    answers = race(token, bodies, headers={"HTTP_IDEMPOTENCY_KEY": "one-key"})
+
+    assert codes_of(answers) == [202] + [422] * (THREADS - 1)
+    assert all(answer["error"] == "idempotency_key_reused" for code, answer in answers if code == 422)
+    validation = Validation.objects.get()
+    assert IdempotencyKey.objects.get(key="one-key").validation == validation
+    assert AuditEvent.objects.filter(action="validation.requested").count() == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_one_idempotency_key_with_twenty_identical_bodies_replays_one_validation(project):
+    _, token = make_token(project, "ci")
+    answers = race(token, staging_request("race-key-same"), headers={"HTTP_IDEMPOTENCY_KEY": "same-key"})
+
+    assert codes_of(answers) == [200] * (THREADS - 1) + [202]
+    validation = Validation.objects.get()
+    assert {answer["validationId"] for _, answer in answers} == {str(validation.pk)}
+    assert IdempotencyKey.objects.get(key="same-key").validation == validation
+    assert AuditEvent.objects.filter(action="validation.requested").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_that_fails_after_claiming_its_key_leaves_the_key_free_for_a_retry(project, monkeypatch):
+    _, token = make_token(project, "ci")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_IDEMPOTENCY_KEY="retry-key")
+
+    def fails_midway(**kwargs):
+        raise ServiceError("The validation could not be created.")
+
+    monkeypatch.setattr(validations, "_validation_create", fails_midway)
+    failed = client.post("/api/ci-cd/performance/validate", staging_request("retry-1"), format="json")
+    assert failed.status_code == 400
+    assert not IdempotencyKey.objects.exists() and not Validation.objects.exists()
+
+    monkeypatch.undo()
+    retried = client.post("/api/ci-cd/performance/validate", staging_request("retry-1"), format="json")
+    assert retried.status_code == 202
+    assert IdempotencyKey.objects.get(key="retry-key").validation == Validation.objects.get()

@@ -43,6 +43,55 @@ def test_status_of_an_unknown_build_is_404(ci_api, project):
     assert response.status_code == 404 and response.json()["error"] == "not_found"
 
 
+def assert_forbidden(response):
+    assert response.status_code == 403, response.content
+    data = response.json()
+    assert set(data) == {"error", "detail", "fields"} and data["error"] == "permission_denied"
+
+
+def test_a_staging_token_asking_for_a_production_status_is_forbidden_not_missing(
+    staging_api, project, staging, production, actor
+):
+    evaluated(project, staging, actor, "b-stg")  # the staging pass production requires
+    evaluated(project, production, actor, "b-prod")
+    url = "/api/ci-cd/performance/status/b-prod"
+    assert_forbidden(staging_api.get(url, {"project": "wedsync-web", "environment": "production"}))
+    assert_forbidden(staging_api.get(url, {"environment": "production"}))
+    # Named or not: a build validated only where the token may not look is forbidden too.
+    assert_forbidden(staging_api.get(url, {"project": "wedsync-web"}))
+    assert_forbidden(staging_api.get(url))
+
+
+def test_a_staging_token_sees_the_staging_validation_of_a_build_also_validated_in_production(
+    staging_api, project, staging, production, actor
+):
+    in_staging = evaluated(project, staging, actor, "b-both")
+    evaluated(project, production, actor, "b-both")
+    response = staging_api.get("/api/ci-cd/performance/status/b-both")
+    assert response.status_code == 200, response.content
+    assert response.json()["validationId"] == str(in_staging.pk)
+
+
+def test_a_staging_token_gets_404_for_a_build_never_validated(staging_api, project):
+    response = staging_api.get("/api/ci-cd/performance/status/nope")
+    assert response.status_code == 404 and response.json()["error"] == "not_found"
+
+
+def test_another_projects_token_gets_404_whatever_the_environment(
+    other_project_api, project, staging, production, actor
+):
+    evaluated(project, staging, actor, "b-stg")
+    evaluated(project, production, actor, "b-prod")
+    url = "/api/ci-cd/performance/status/b-prod"
+    for params in (
+        {},
+        {"environment": "production"},
+        {"project": "wedsync-web", "environment": "production"},
+    ):
+        response = other_project_api.get(url, params)
+        assert response.status_code == 404 and response.json()["error"] == "not_found", params
+
+
 def test_status_without_wait_answers_at_once_while_queued(ci_api, project, staging, actor):
     make_validation(project=project, environment=staging, build_id="b-1", git_hash="e" * 40, actor=actor)
     started = time.monotonic()

@@ -173,6 +173,25 @@ def test_load_beyond_the_scenario_limits_is_capped_and_says_so(ci_api, scenario)
     assert config["capped"]["vus"] == {"requested": 500, "allowed": scenario.max_vus}
 
 
+@pytest.mark.parametrize("duration", ["0s", "1s", "0", "4s"])
+def test_a_test_shorter_than_the_scenario_minimum_is_refused_naming_the_duration(ci_api, scenario, duration):
+    # The fixture's scenario runs 5 s: shorter than that would let CI skip the gate.
+    response = ci_api.post(URL, body(testConfig={"duration": duration, "vus": 1}))
+    data = assert_error(response, 400, "invalid")
+    assert "testConfig.duration" in data["fields"], data
+    assert not Validation.objects.exists()
+
+
+def test_a_long_scenario_may_be_shortened_to_ten_seconds_and_no_further(ci_api, scenario):
+    scenario.duration_seconds = 60
+    scenario.save()
+    refused = ci_api.post(URL, body(testConfig={"duration": "9s"}))
+    assert "testConfig.duration" in assert_error(refused, 400, "invalid")["fields"]
+    accepted = ci_api.post(URL, body(testConfig={"duration": "10s"}))
+    assert accepted.status_code == 202, accepted.content
+    assert Validation.objects.get().test_config["duration"] == "10s"
+
+
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [

@@ -113,6 +113,43 @@ def test_fewer_requests_than_the_scenario_minimum_is_insufficient_load(project, 
     assert (validation.status, validation.verdict) == ("blocked", "error")
 
 
+def test_insufficient_load_blocks_even_a_fail_open_environment(project, staging, actor, add_rule):
+    # A fail-open environment lets perfgate's own errors through, never a test that measured too
+    # little: that would let CI skip the gate by asking for next to no load.
+    assert not staging.fail_closed
+    add_rule("http_req_duration", threshold="p(95)<400")
+    validation = evaluate(project, staging, actor, make_results(p95=100.0, requests=3))
+
+    assert validation.checks.get(kind="load").verdict == "error"
+    assert (validation.status, validation.verdict, validation.deployment_allowed) == (
+        "blocked",
+        "error",
+        False,
+    )
+    assert validation.would_block is True
+    assert any("insufficient load" in reason for reason in validation.blocking_reasons)
+    assert "insufficient load" in validation.status_reason
+
+
+def test_a_run_that_made_no_requests_blocks_a_fail_open_environment(project, staging, actor, add_rule):
+    add_rule("http_req_duration", threshold="p(95)<400")
+    validation = evaluate(project, staging, actor, make_results(p95=100.0, requests=0))
+    assert (validation.status, validation.deployment_allowed) == ("blocked", False)
+
+
+def test_insufficient_load_in_shadow_mode_says_enforcement_would_block(project, staging, actor, add_rule):
+    staging.mode = Environment.Mode.SHADOW
+    staging.save(update_fields=["mode"])
+    add_rule("http_req_duration", threshold="p(95)<400")
+    validation = evaluate(project, staging, actor, make_results(p95=100.0, requests=3))
+    assert (validation.status, validation.deployment_allowed, validation.would_block) == (
+        "failed",
+        True,
+        True,
+    )
+    assert validation.status_reason.startswith("Shadow mode: enforcement would have blocked")
+
+
 def test_shadow_mode_never_blocks_but_says_what_enforcement_would_do(project, production, actor, add_rule):
     production.mode = Environment.Mode.SHADOW
     production.save(update_fields=["mode"])
