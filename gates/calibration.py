@@ -48,7 +48,7 @@ from gates.loadtest.locust import LocustSpec, run_locust
 from gates.models import Environment, Scenario, ThresholdRule
 from gates.results import parse_results
 from gates.results.base import COUNTER, RATE, ParseError, ResultSet
-from gates.targets import Target, TargetRefused, resolve_target
+from gates.targets import Target, TargetRefused, ports_of, resolve_target
 
 MIN_RUNS = stats.MIN_RUNS
 RECOMMENDED_RUNS = 10
@@ -141,7 +141,11 @@ def calibration_plan(environment: Environment, scenario: Scenario) -> Calibratio
     if not scenario.target_url:
         raise CalibrationRefused(f"Scenario {scenario.name} has no target URL to run against.")
     try:
-        target = resolve_target(scenario.target_url, scenario.project.allowed_hosts)
+        target = resolve_target(
+            scenario.target_url,
+            scenario.project.allowed_hosts,
+            configured_ports=ports_of(scenario.target_url, scenario.reference_url),
+        )
     except TargetRefused as exc:
         raise CalibrationRefused(f"Target refused: {exc}.") from None
     submetrics, percentiles = plans.parser_needs(plans.rules_for(environment, scenario, {}))

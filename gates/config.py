@@ -38,7 +38,7 @@ from gates.audit import Actor, audit_record
 from gates.calibration import noise_for
 from gates.models import Environment, Project, Scenario, ThresholdRule
 from gates.rules import Severity
-from gates.targets import TargetRefused, check_target_url
+from gates.targets import TargetRefused, check_target_url, ports_of
 from gates.units import parse_duration
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,99}$")
@@ -276,7 +276,10 @@ class ProjectConfig(_Section):
     repository: Repository | None = Field(default=None, description="GitHub owner/name.")
     vercel_project_id: str | None = None
     allowed_hosts: list[str] = Field(
-        default_factory=list, description='Hosts load tests may hit: names or wildcards like "*.vercel.app".'
+        default_factory=list,
+        description='Hosts load tests may hit: names or wildcards like "*.vercel.app", optionally with '
+        'a port ("staging.example:8443", "[::1]:8080"). A host without a port allows ports 80 and '
+        "443 and the ports of the scenario's own targetUrl and referenceUrl.",
     )
     environments: dict[EnvironmentName, EnvironmentConfig | None] | None = None
     scenarios: list[ScenarioConfig] | None = None
@@ -430,14 +433,16 @@ class _Checker:
             script_path, script_text = "", config.script_text
         if not script_text.strip():
             self.fail(f"{place}.{'script' if script_path else 'scriptText'}", "the script is empty")
+        # The scenario's own URLs open their ports on a host listed without one.
+        own_ports = ports_of(config.target_url, config.reference_url)
         if config.target_url:
             try:
-                check_target_url(config.target_url, allowed_hosts)
+                check_target_url(config.target_url, allowed_hosts, own_ports)
             except TargetRefused as exc:
                 self.fail(f"{place}.targetUrl", str(exc))
         if config.reference_url:
             try:
-                check_target_url(config.reference_url, allowed_hosts)
+                check_target_url(config.reference_url, allowed_hosts, own_ports)
             except TargetRefused as exc:
                 self.fail(f"{place}.referenceUrl", str(exc))
         max_vus = config.max_vus if "max_vus" in given else max(config.vus, 50)

@@ -47,7 +47,7 @@ from gates.services import (
     validation_renew_lease,
     worker_actor,
 )
-from gates.targets import Target, TargetRefused, resolve_target
+from gates.targets import Target, TargetRefused, ports_of, resolve_target
 from gates.units import parse_duration
 
 logger = logging.getLogger(__name__)
@@ -202,7 +202,9 @@ class ScenarioRun:
                 f"No target URL: scenario {self.scenario.name} has none and the request gave none."
             )
         allowed_hosts = self.validation.project.allowed_hosts
-        target = _checked_target(target_url, allowed_hosts, "Target")
+        # A host listed without a port opens 80, 443 and the ports of the scenario's own URLs.
+        own_ports = ports_of(self.scenario.target_url, self.scenario.reference_url)
+        target = _checked_target(target_url, allowed_hosts, "Target", own_ports)
         vus = min(config.get("vus") or self.scenario.vus, self.scenario.max_vus)
         duration = int(
             min(
@@ -217,7 +219,7 @@ class ScenarioRun:
         reference_url = config.get("referenceUrl") or self.scenario.reference_url
         gate_run = bool(reference_url) and self.scenario.tool == Scenario.Tool.K6 and bool(self.paired_rules)
         if gate_run:
-            reference = _checked_target(reference_url, allowed_hosts, "Reference")
+            reference = _checked_target(reference_url, allowed_hosts, "Reference", own_ports)
             with tempfile.TemporaryDirectory(prefix="perfgate-run-") as workdir:
                 loop = _GateRun(
                     self,
@@ -583,10 +585,11 @@ def _paired_values(
     return values
 
 
-def _checked_target(url: str, allowed_hosts: list[str], what: str) -> Target:
-    """A target (or reference) resolved, on the allowlist and listening."""
+def _checked_target(url: str, allowed_hosts: list[str], what: str, own_ports=()) -> Target:
+    """A target (or reference) resolved, on the allowlist (``own_ports``: the scenario's URLs'
+    ports, which a host listed without a port also opens) and listening."""
     try:
-        target = resolve_target(url, allowed_hosts)
+        target = resolve_target(url, allowed_hosts, configured_ports=own_ports)
     except TargetRefused as exc:
         raise RunFailed(f"{what} refused: {exc}.") from None
     check_reachable(target, what)

@@ -8,7 +8,10 @@ from the raw output.
 
 The script ops registered runs unchanged under a small wrapper module that re-exports it and
 replaces its load options with the scenario's (VUs or arrival rate, duration, warm-up) and pins
-the target host to the addresses perfgate checked. The warm-up's samples are tagged
+the target host to the addresses perfgate checked. It also sets ``maxRedirects: 0`` (last, so a
+script cannot raise it): k6 never follows a redirect to a host or port the allowlist did not
+check, and a redirect is an ordinary 3xx response that the rules see (a script that wants the
+next page requests it itself, and that URL is its own business). The warm-up's samples are tagged
 (:data:`WARMUP_TAG`) so that they can be left out of the numbers.
 """
 
@@ -41,6 +44,7 @@ export const options = Object.assign({{}}, registered.options, {{
   scenarios: {scenarios},
   hosts: Object.assign({{}}, (registered.options || {{}}).hosts, {hosts}),
   summaryTrendStats: {trend_stats},
+  maxRedirects: 0,
 }});
 """
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from perfgate_cli.cli import progress_line
@@ -67,6 +68,10 @@ REAL_K6_AGGREGATION = "med"
 
 
 def queued(project, staging, actor, build, **test_config):
+    if test_config.get("referenceUrl"):
+        # A reference on a port that is not the scenario's own must be allowlisted with its port.
+        project.allowed_hosts = [*project.allowed_hosts, urlsplit(test_config["referenceUrl"]).netloc]
+        project.save(update_fields=["allowed_hosts"])
     validation, _ = make_validation(
         project=project,
         environment=staging,

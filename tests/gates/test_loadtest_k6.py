@@ -107,3 +107,60 @@ def test_cancelling_stops_k6_at_the_next_tick(tmp_path, quiet_target):
     assert outcome.cancelled and not outcome.completed
     assert time.monotonic() - started < 10
     assert os.path.exists(outcome.raw_path)
+
+
+REDIRECTED = """
+import http from 'k6/http';
+export const options = { maxRedirects: 10 };
+export default function () { http.get(`${__ENV.TARGET_URL}/`); }
+"""
+
+
+def _counting_server(handler_body):
+    """A local HTTP server in a thread; each request is counted and answered by ``handler_body``."""
+    import http.server
+    import threading
+
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            handler_body(self)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, hits
+
+
+def test_k6_does_not_follow_a_redirect_even_when_the_script_asks_it_to(tmp_path):
+    def answer_ok(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Length", "2")
+        handler.end_headers()
+        handler.wfile.write(b"ok")
+
+    elsewhere, elsewhere_hits = _counting_server(answer_ok)
+    other_port = elsewhere.server_address[1]
+
+    def answer_redirect(handler):
+        handler.send_response(302)
+        handler.send_header("Location", f"http://127.0.0.1:{other_port}/internal")
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    target, target_hits = _counting_server(answer_redirect)
+    try:
+        url = f"http://127.0.0.1:{target.server_address[1]}"
+        outcome = run_k6(K6Spec(REDIRECTED, url, vus=1, duration_seconds=1), tmp_path, timeout_seconds=60)
+    finally:
+        for server in (target, elsewhere):
+            server.shutdown()
+            server.server_close()
+
+    assert outcome.completed and len(target_hits) > 10
+    assert elsewhere_hits == [], "the redirect's other port got no request"
+    assert b'"status":"302"' in outcome.raw_path.read_bytes(), "the 3xx is an ordinary response"

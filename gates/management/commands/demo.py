@@ -62,6 +62,11 @@ class Command(BaseCommand):
         self.step(f"Applying {DEMO_CONFIG.name}")
         call_command("apply_config", str(DEMO_CONFIG))
         project = Project.objects.get(slug="wedsync-web")
+        if options["target_port"] != 8001:
+            # perfgate.yaml's allowedHosts entry "127.0.0.1" opens its scenario's port (8001) only;
+            # the sample API on another port must be listed with its port.
+            project.allowed_hosts = [*project.allowed_hosts, f"127.0.0.1:{options['target_port']}"]
+            project.save(update_fields=["allowed_hosts"])
         _, token = token_create(
             project=project,
             role="ci",
