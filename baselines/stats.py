@@ -247,18 +247,17 @@ def paired_detectable_change(
 
 def summarize(values: Iterable[float]) -> dict:
     """What a baseline stores for one metric: its centre (the noise model's, else the median),
-    mean, sample stdev, min, max, n, and the log-scale noise when there is a model.
+    sample stdev, min, max, n, and the log-scale noise when there is a model.
 
     Every statistic but ``n`` is ``None`` for no values, so an empty summary is still a record.
     """
     numbers = _finite(values)
     n = len(numbers)
     if n == 0:
-        return {"centre": None, "mean": None, "stdev": None, "min": None, "max": None, "n": 0, "noise": None}
+        return {"centre": None, "stdev": None, "min": None, "max": None, "n": 0, "noise": None}
     model = noise_model(numbers)
     return {
         "centre": model.centre if model else float(np.median(numbers)),
-        "mean": float(min(max(np.mean(numbers), numbers.min()), numbers.max())),
         "stdev": float(np.std(numbers, ddof=1)) if n >= 2 else None,
         "min": float(numbers.min()),
         "max": float(numbers.max()),

@@ -106,7 +106,6 @@ class ABLoop:
     # Seconds of load one pair costs and the most a decision may spend (None: no limit but max_pairs).
     pair_seconds: float = 0.0
     max_load_seconds: float | None = None
-    values: dict[str, list[float]] = field(default_factory=lambda: {REFERENCE: [], CANDIDATE: []})
     pairs: list[dict[str, dict[str, float]]] = field(default_factory=list)
 
     def __post_init__(self):
