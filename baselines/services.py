@@ -3,6 +3,11 @@
 What a baseline is decides which builds pass, so a person changes baselines with the right that
 guards thresholds, ``change_thresholds`` on the project (``gates.permissions``). Ops tokens
 (``POST …/baseline``) were authorised by their role; automatic promotion acts as perfgate.
+
+Locks follow the global order (``gates.services.validations``): the source validation, then the
+scenario row, which numbers the versions of its baselines and guards their pins, then baseline
+rows, and the audit chain last. A promotion therefore waits for a block of the same build (and is
+refused after it) instead of deadlocking with it.
 """
 
 from __future__ import annotations
@@ -10,7 +15,6 @@ from __future__ import annotations
 from collections import defaultdict
 
 from django.conf import settings
-from django.db import transaction
 from django.db.models import Max
 
 from baselines import stats
@@ -18,10 +22,11 @@ from baselines.models import Baseline, BaselineMetric
 from baselines.selectors import baseline_active
 from gates.audit import SYSTEM, Actor, audit_record
 from gates.errors import InvalidState, NotFound, ServiceError
-from gates.models import Environment, MetricObservation, Project, Scenario, Validation, Verdict
+from gates.models import Environment, MetricObservation, Project, Validation, Verdict
 from gates.permissions import require_right
 from gates.registry import Change
 from gates.services import validation_request
+from gates.services.validations import atomic_retried, lock_scenario, lock_validation
 
 PROMOTABLE_VERDICTS = (Verdict.PASS, Verdict.WARN)
 
@@ -35,7 +40,7 @@ def _eligible_runs(runs):
     )
 
 
-@transaction.atomic
+@atomic_retried
 def baseline_promote(
     *, validation: Validation, actor: Actor, pin: bool = False, reason: str = ""
 ) -> Baseline:
@@ -45,9 +50,10 @@ def baseline_promote(
     recent eligible runs of the version before it, up to ``PERFGATE_BASELINE_WINDOW`` runs, so the
     noise model has many runs to measure run-to-run noise with. Each metric stores the centre of
     its runs (their median, which a few wild runs do not move), its noise, and the per-run values
-    oldest first. Each call makes a new version; ``pin`` also pins it.
+    oldest first. Each call makes a new version; ``pin`` also pins it. The validation is locked
+    before its status is read, so a build blocked a moment earlier is refused, not promoted.
     """
-    validation = Validation.objects.select_related("project", "environment", "scenario").get(pk=validation.pk)
+    validation = lock_validation(validation.pk, "project", "environment", "scenario")
     require_right(actor, "change_thresholds", validation.project, to="make baselines")
     if validation.status != Validation.Status.PASSED or validation.verdict not in PROMOTABLE_VERDICTS:
         raise InvalidState(
@@ -57,7 +63,7 @@ def baseline_promote(
     if validation.scenario is None:
         raise InvalidState(f"Build {validation.build_id} ran no scenario, so it cannot be a baseline.")
     # Versions of one scenario are numbered one after another: take the scenario's row lock.
-    Scenario.objects.select_for_update().get(pk=validation.scenario_id)
+    lock_scenario(validation.scenario_id)
     scope = {
         "project": validation.project,
         "environment": validation.environment,
@@ -142,11 +148,12 @@ def baseline_promote(
     return baseline
 
 
-@transaction.atomic
+@atomic_retried
 def baseline_pin(*, baseline: Baseline, actor: Actor, reason: str = "") -> Baseline:
     """Make this version the active one until it is unpinned, whatever newer versions appear.
     A person needs ``change_thresholds`` on the project."""
     require_right(actor, "change_thresholds", baseline.project, to="pin baselines")
+    lock_scenario(baseline.scenario_id)  # the pins of its baselines change one at a time
     scope = {
         "project_id": baseline.project_id,
         "environment_id": baseline.environment_id,
@@ -167,11 +174,12 @@ def baseline_pin(*, baseline: Baseline, actor: Actor, reason: str = "") -> Basel
     return baseline
 
 
-@transaction.atomic
+@atomic_retried
 def baseline_unpin(*, baseline: Baseline, actor: Actor, reason: str = "") -> Baseline:
     """Go back to following the newest version. A person needs ``change_thresholds`` on the
     project."""
     require_right(actor, "change_thresholds", baseline.project, to="unpin baselines")
+    lock_scenario(baseline.scenario_id)
     Baseline.objects.filter(pk=baseline.pk).update(pinned=False)
     baseline.pinned = False
     audit_record(

@@ -9,10 +9,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
-import json
+import re
+from dataclasses import dataclass
 
 import orjson
-from django.http import QueryDict
+from asgiref.sync import AsyncToSync, SyncToAsync, sync_to_async
+from django.db import connection
+from django.http import JsonResponse, QueryDict
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
@@ -21,7 +24,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from baselines.services import baseline_request
-from gates import selectors
+from gates import selectors, waiting
 from gates.documents import summary_metrics, validation_links
 from gates.errors import NotFound, NotPermitted, ServiceError
 from gates.models import BypassRequest, Environment, Project, Severity, Validation, Verdict
@@ -29,13 +32,14 @@ from gates.results import FORMATS
 from gates.services import bypass_request, validation_block, validation_cancel, validation_request
 from integrations.auth import CanBlock, IsOpsToken
 from integrations.models import ApiToken
-from perfgate_site.api import StrictSerializer
+from perfgate_site.api import StrictSerializer, error_body, json_object
 from perfgate_site.limits import LimitedJSONParser
 
 SLUG = r"^[a-z0-9][a-z0-9-]{0,99}$"
 BUILD_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,199}$"
 GIT_HASH = r"^[0-9a-fA-F]{7,64}$"
 MAX_WAIT_SECONDS = 30
+_BUILD_ID_PATH = re.compile(BUILD_ID)
 
 
 @extend_schema_serializer(component_name="Error")
@@ -137,6 +141,10 @@ class ValidationSerializer(serializers.Serializer):
         elapsedSeconds = serializers.FloatField()
         requests = serializers.IntegerField()
         requestRate = serializers.FloatField()
+        leaseExpired = serializers.BooleanField(
+            help_text="True when the worker stopped renewing its lease: it is lost, and the validation "
+            "is about to be ended as an error (statusReason says so)."
+        )
         abTest = ABTest(required=False, help_text="Only in gate-run mode, while the A/B loop runs.")
 
     @extend_schema_serializer(component_name="ABComparison")
@@ -161,7 +169,7 @@ class ValidationSerializer(serializers.Serializer):
     verdict = OptionalChoiceField(Verdict.values, allow_null=True)
     deploymentAllowed = serializers.BooleanField(source="deployment_allowed", allow_null=True)
     wouldBlock = serializers.BooleanField(source="would_block")
-    statusReason = serializers.CharField(source="status_reason", allow_blank=True)
+    statusReason = serializers.CharField(source="live_status_reason", allow_blank=True)
     metrics = StoredDict(
         source="report.metrics", default=dict, child=serializers.DictField(child=serializers.FloatField())
     )
@@ -278,7 +286,7 @@ class ValidateView(APIView):
         deploymentContext = DeploymentContextSerializer(required=False, allow_null=True)
 
     @extend_schema_serializer(component_name="ValidateMultipartRequest")
-    class MultipartInput(serializers.Serializer):
+    class MultipartInput(StrictSerializer):
         request = serializers.CharField(help_text="The JSON request document (without results).")
         results = serializers.FileField(help_text="The results file, streamed to disk on arrival.")
 
@@ -333,12 +341,7 @@ class ValidateView(APIView):
             data={"request": request.data.get("request"), "results": request.FILES.get("results")}
         )
         form.is_valid(raise_exception=True)
-        try:
-            document = json.loads(form.validated_data["request"])
-        except ValueError as exc:
-            raise serializers.ValidationError({"request": [f"Not valid JSON: {exc}."]}) from None
-        if not isinstance(document, dict):
-            raise serializers.ValidationError({"request": ["Must be a JSON object."]})
+        document = json_object(form.validated_data["request"], what="The `request` part")
         if "results" in document:
             raise serializers.ValidationError(
                 {"request.results": ["Send results either inline or as a file."]}
@@ -367,7 +370,9 @@ def _query(serializer_class, request) -> dict:
 
 
 class StatusView(APIView):
-    """The latest validation of a build; ``wait=N`` long-polls until it leaves queued/running."""
+    """The latest validation of a build, answered at once. With ``wait=N`` and a validation still
+    queued or running, the response carries a ``LongPoll``: ``status_view``, the endpoint, then
+    waits for the verdict without a thread and answers with the validation as it is by then."""
 
     class QuerySerializer(StrictSerializer):
         project = serializers.RegexField(SLUG, max_length=100, required=False)
@@ -384,6 +389,9 @@ class StatusView(APIView):
     )
     def get(self, request, buildId: str):  # the path parameter is named as in the contract
         build_id = buildId
+        if not _BUILD_ID_PATH.fullmatch(build_id):
+            # Such an id was never accepted, and a NUL byte in it would make PostgreSQL fail the query.
+            raise NotFound(f"No build {build_id!r}: not a build id this API accepts.")
         query = _query(self.QuerySerializer, request)
         # The hot path of CI's polling: one prepared statement, the token's environments checked
         # on the row it found.
@@ -395,9 +403,101 @@ class StatusView(APIView):
         validation = selectors.validation_for_build(project, build_id, environment_name)
         if not token.allows_environment(validation.environment.name):
             validation = _latest_allowed_validation(token, project, build_id)
-        if query["wait"]:
-            validation = selectors.status_wait(validation, query["wait"])
-        return validation_response(validation)
+        response = validation_response(validation)
+        if query["wait"] and validation.is_pending:
+            response.long_poll = LongPoll(validation, query["wait"], token.pk)
+        return response
+
+
+@dataclass(frozen=True)
+class LongPoll:
+    """What a status response still waits for, and whose wait it is (the per-token cap)."""
+
+    validation: Validation
+    seconds: int
+    token_id: int
+
+
+_STATUS_AT_ONCE = StatusView.as_view()
+
+
+async def status_view(request, buildId: str):
+    """``GET status/{buildId}``. StatusView authenticates, validates and answers in a thread, as
+    every DRF view does; a long-poll then waits here, on the event loop, holding neither a thread
+    nor a database connection, and its answer is read again and rendered the same way. Under WSGI
+    Django runs this in a loop of its own, and it works the same."""
+    response = await sync_to_async(_status_at_once)(request, buildId=buildId)
+    long_poll = getattr(response, "long_poll", None)
+    if long_poll is None:
+        return response
+    validation = long_poll.validation
+
+    async def still_pending() -> bool:
+        pending = await sync_to_async(_still_pending)(validation)
+        _end_request_thread()
+        return pending
+
+    try:
+        with waiting.waiter_slot(long_poll.token_id):
+            await waiting.wait_for_decision(
+                str(validation.pk), long_poll.seconds, still_pending=still_pending
+            )
+    except waiting.TooManyWaiters as exc:
+        return _too_many_waiters(exc)
+    response.data = await sync_to_async(_document_now)(validation)
+    return response
+
+
+# The schema generator documents the DRF view that status_view wraps.
+status_view.cls = _STATUS_AT_ONCE.cls
+status_view.initkwargs = _STATUS_AT_ONCE.initkwargs
+
+
+def _status_at_once(request, buildId: str):
+    response = _STATUS_AT_ONCE(request, buildId=buildId)
+    if getattr(response, "long_poll", None) is not None:
+        _release_connection()
+    return response
+
+
+def _still_pending(validation: Validation) -> bool:
+    pending = selectors.validation_status(validation.pk) in Validation.PENDING_STATUSES
+    _release_connection()
+    return pending
+
+
+def _document_now(validation: Validation) -> dict:
+    return _VALIDATION_DOCUMENT.to_representation(selectors.validation_reread(validation))
+
+
+def _release_connection() -> None:
+    """Give the connection back (to the pool) before a wait of up to 30 s. A request never runs
+    in a transaction (ATOMIC_REQUESTS is off); a test's transaction is left alone."""
+    if not connection.in_atomic_block:
+        connection.close()
+
+
+def _end_request_thread() -> None:
+    """Let the request's thread end before a wait. Under ASGI Django runs a request's sync code
+    (middleware, DRF) in a thread of the request's own, kept until the request ends: idle, but one
+    per waiter. The request's next sync call starts a new one.
+
+    Not when a sync caller is still running in that thread, waiting for this view (under WSGI, or
+    below a middleware that is not async-capable): that thread is held until the request ends."""
+    if getattr(AsyncToSync.executors, "current", None) is not None:
+        return
+    context = SyncToAsync.thread_sensitive_context.get(None)
+    executor = SyncToAsync.context_to_thread_executor.pop(context, None) if context else None
+    if executor is not None:
+        executor.shutdown(wait=False)
+
+
+def _too_many_waiters(exc: waiting.TooManyWaiters) -> JsonResponse:
+    response = JsonResponse(
+        error_body("throttled", f"{exc} (retry in {waiting.RETRY_AFTER_SECONDS} s)"), status=429
+    )
+    response["Retry-After"] = str(waiting.RETRY_AFTER_SECONDS)
+    return response
 
 
 def _latest_allowed_validation(token: ApiToken, project: Project, build_id: str) -> Validation:

@@ -7,6 +7,12 @@ gate's own numbers to ``validation_evaluate``. Raw k6 output is parsed while k6 
 verdict follows k6's exit at once. Anything that keeps a verdict from being produced ends the
 validation as an error, which the environment's policy turns into blocked or failed.
 
+A database that goes away for a moment (a restart, a failover) stops nothing: the test goes on
+while the lease renewal is tried again, with growing pauses, until the lease would really have run
+out; claiming and recording the outcome are tried again the same way for up to a lease, and the
+tool's raw output stays on disk until the outcome is recorded (and is kept, with its place logged,
+when it never could be).
+
 Gate-run mode (docs/gate-run.md): when the validation has a reference URL, its tool is k6 and it
 has key relative rules, the worker runs short interleaved repetitions against the reference and
 the target instead of one run (``gates.loadtest.ab`` decides when to stop), and hands the A/B
@@ -15,10 +21,12 @@ decision to ``validation_evaluate`` next to the numbers of all the target's repe
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -27,6 +35,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from gates import plans, registry, rules
@@ -60,6 +69,9 @@ REPETITION_OVERHEAD_SECONDS = 1.0
 # How the reasons CI reads name the two sides of an A/B loop.
 SIDE_NAMES = {ab.REFERENCE: "Reference", ab.CANDIDATE: "Target"}
 NEWLINE = ord("\n")
+# Pauses between tries while the database is unreachable: doubling from the first to the last.
+FIRST_RETRY_PAUSE_SECONDS = 0.25
+LAST_RETRY_PAUSE_SECONDS = 2.0
 
 
 class RunFailed(Exception):
@@ -73,45 +85,118 @@ def worker_label() -> str:
 def execute(validation_id) -> None:
     """Run the load test of a queued validation, if this worker gets it."""
     worker = worker_label()
-    validation = validation_claim(
-        validation_id=validation_id, worker=worker, lease_seconds=settings.PERFGATE_LEASE_SECONDS
+    validation = retry_database(
+        functools.partial(
+            validation_claim,
+            validation_id=validation_id,
+            worker=worker,
+            lease_seconds=settings.PERFGATE_LEASE_SECONDS,
+        ),
+        what=f"claiming validation {validation_id}",
     )
     if validation is None:
         logger.info("validation %s is not queued any more; another worker has it or it ended", validation_id)
         return
-    actor = worker_actor(worker)
-    scenario_run = ScenarioRun(validation, worker)
+    workdir = Path(tempfile.mkdtemp(prefix="perfgate-run-"))
+    settled = False  # the outcome recorded, or not this worker's to record (the lease was lost)
+    try:
+        _run_and_record(ScenarioRun(validation, worker, workdir))
+        settled = True
+    finally:
+        if settled:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            logger.error(
+                "the outcome of validation %s could not be recorded; the test's raw output is kept in %s",
+                validation_id,
+                workdir,
+            )
+
+
+def _run_and_record(scenario_run: ScenarioRun) -> None:
+    """Run the test and record its outcome: the verdict, or the error that kept it from one."""
+    validation = scenario_run.validation
+    actor = worker_actor(scenario_run.worker)
+    record_error = functools.partial(validation_record_error, validation=validation, actor=actor)
     try:
         results = scenario_run.run()
     except RunFailed as failure:
-        validation_record_error(validation=validation, reason=str(failure), actor=actor)
+        retry_database(
+            functools.partial(record_error, reason=str(failure)),
+            what=f"recording the error of validation {validation.pk}",
+        )
         return
     except Stopped as stop:
         reason = stop.reason or scenario_run.stop_reason
         if reason:
-            validation_record_error(
-                validation=validation, reason=reason, actor=actor, action="validation.cancelled"
+            retry_database(
+                functools.partial(record_error, reason=reason, action="validation.cancelled"),
+                what=f"recording the cancel of validation {validation.pk}",
             )
         return
     except Exception:
-        logger.exception("the load test of validation %s failed", validation_id)
-        validation_record_error(
-            validation=validation,
-            actor=actor,
-            reason="The load test could not run: an internal error occurred on the worker "
-            f"{worker} (see its log).",
+        logger.exception("the load test of validation %s failed", validation.pk)
+        reason = (
+            "The load test could not run: an internal error occurred on the worker "
+            f"{scenario_run.worker} (see its log)."
+        )
+        retry_database(
+            functools.partial(record_error, reason=reason),
+            what=f"recording the error of validation {validation.pk}",
         )
         return
+    evaluate = functools.partial(
+        validation_evaluate,
+        validation=validation,
+        results=results,
+        actor=actor,
+        source=Run.Source.EXECUTED,
+        comparison=scenario_run.comparison,
+    )
     try:
-        validation_evaluate(
-            validation=validation,
-            results=results,
-            actor=actor,
-            source=Run.Source.EXECUTED,
-            comparison=scenario_run.comparison,
-        )
+        retry_database(evaluate, what=f"recording the verdict of validation {validation.pk}")
     except InvalidState:
-        logger.warning("validation %s ended while its test ran; its results are not used", validation_id)
+        # Also where a try whose commit succeeded lost its answer with the connection: the next
+        # try finds the verdict recorded.
+        logger.warning("validation %s ended while its test ran; its results are not used", validation.pk)
+
+
+def database_errors() -> tuple[type[Exception], ...]:
+    """What a broken or refused database connection raises: Django's wrappers, and the driver's own
+    where code reaches past them (the COPY that stores a run's metrics on PostgreSQL)."""
+    driver = connection.Database
+    return (OperationalError, InterfaceError, driver.OperationalError, driver.InterfaceError)
+
+
+def drop_connection() -> None:
+    """Forget a connection the database broke off, so that the next query opens a new one."""
+    with contextlib.suppress(*database_errors()):
+        connection.close()
+
+
+def retry_database(action, *, what: str):
+    """``action()``, tried again while the database is unreachable, with growing pauses, for up to
+    a lease (from then on the reaper may end the validation anyway). Each try runs in its own
+    transaction, so a failed one left nothing behind; the last error is raised when the database
+    stays away."""
+    deadline = time.monotonic() + settings.PERFGATE_LEASE_SECONDS
+    pause = FIRST_RETRY_PAUSE_SECONDS
+    while True:
+        try:
+            return action()
+        except database_errors() as exc:
+            drop_connection()
+            if time.monotonic() + pause > deadline:
+                raise
+            logger.warning(
+                "%s failed, the database is unreachable (%s); again in %.2f s", what, _first_line(exc), pause
+            )
+            time.sleep(pause)
+            pause = min(pause * 2, LAST_RETRY_PAUSE_SECONDS)
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:200]
 
 
 class Stopped(Exception):
@@ -126,19 +211,25 @@ class Stopped(Exception):
 class ScenarioRun:
     """One worker's run of a validation's scenario: what a runner (``gates.registry``) gets.
 
-    A runner reads ``validation``, ``scenario`` and ``parser_needs``, calls ``tick(elapsed,
-    requests)`` often while its tool runs (it renews the lease and notices a cancel), stops when
+    A runner reads ``validation``, ``scenario`` and ``parser_needs``, writes its tool's output in
+    ``workdir`` (kept until the outcome is recorded), calls ``tick(elapsed, requests)`` often while
+    its tool runs (it renews the lease and notices a cancel; a database blip does not stop it), stops when
     ``should_stop()`` says so (raising ``Stopped``), and raises ``RunFailed`` with the reason CI
     reads when it produced nothing usable. It sets ``estimated_completion`` when it can tell, and
     ``comparison`` (the A/B decision) when it ran in gate-run mode.
     """
 
-    def __init__(self, validation: Validation, worker: str):
+    def __init__(self, validation: Validation, worker: str, workdir: Path):
         self.validation = validation
         self.worker = worker
+        self.workdir = workdir  # private to this run; the tool writes its output here
         self.scenario: Scenario = validation.scenario
         self.stop_reason: str | None = None  # "" when the lease was lost, a sentence when cancelled
         self.last_renewal = 0.0
+        # The lease as this worker knows it, on its own clock: claimed just now, for a lease.
+        self.lease_deadline = time.monotonic() + settings.PERFGATE_LEASE_SECONDS
+        self.database_retry_at = 0.0
+        self.database_pause = FIRST_RETRY_PAUSE_SECONDS
         self.last_requests = (0.0, 0)
         self.estimated_completion = None
         self.comparison: ab.ABDecision | None = None
@@ -220,35 +311,27 @@ class ScenarioRun:
         gate_run = bool(reference_url) and self.scenario.tool == Scenario.Tool.K6 and bool(self.paired_rules)
         if gate_run:
             reference = _checked_target(reference_url, allowed_hosts, "Reference", own_ports)
-            with tempfile.TemporaryDirectory(prefix="perfgate-run-") as workdir:
-                loop = _GateRun(
-                    self,
-                    reference=reference,
-                    candidate=target,
-                    vus=vus,
-                    repetition_seconds=max(1, round(duration / settings.PERFGATE_AB_REPETITIONS_PER_RUN)),
-                    workdir=Path(workdir),
-                    submetrics=submetrics,
-                    percentiles=percentiles,
-                )
-                self.comparison = loop.decide()
-                return loop.candidate_results()
+            loop = _GateRun(
+                self,
+                reference=reference,
+                candidate=target,
+                vus=vus,
+                repetition_seconds=max(1, round(duration / settings.PERFGATE_AB_REPETITIONS_PER_RUN)),
+                workdir=self.workdir,
+                submetrics=submetrics,
+                percentiles=percentiles,
+            )
+            self.comparison = loop.decide()
+            return loop.candidate_results()
         total = self.scenario.warmup_seconds + duration
         self.estimated_completion = timezone.now() + timedelta(seconds=total + 3)
         self.total_seconds = total
-        with tempfile.TemporaryDirectory(prefix="perfgate-run-") as workdir:
-            if self.scenario.tool == Scenario.Tool.LOCUST:
-                return self._locust(target, vus, duration, Path(workdir))
-            spec = self._k6_spec(target, vus, duration, self.scenario.warmup_seconds)
-            results = self._run_k6(
-                spec,
-                Path(workdir),
-                submetrics,
-                percentiles,
-                on_tick=self.tick,
-            )
-            check_connected(results, target)
-            return results
+        if self.scenario.tool == Scenario.Tool.LOCUST:
+            return self._locust(target, vus, duration, self.workdir)
+        spec = self._k6_spec(target, vus, duration, self.scenario.warmup_seconds)
+        results = self._run_k6(spec, self.workdir, submetrics, percentiles, on_tick=self.tick)
+        check_connected(results, target)
+        return results
 
     def _k6_spec(self, target: Target, vus: int, duration: int, warmup_seconds: int) -> K6Spec:
         return K6Spec(
@@ -347,11 +430,51 @@ class ScenarioRun:
 
     def tick(self, elapsed: float, requests: int) -> None:
         """Every half second while the test runs: look for a cancel, renew the lease now and then."""
-        if not self._still_ours():
+
+        def check_in():
+            due = time.monotonic() - self.last_renewal >= settings.PERFGATE_LEASE_RENEW_SECONDS
+            if self._still_ours() and due:
+                self._record_progress(elapsed, requests)
+
+        self._while_database_answers(check_in)
+
+    def _while_database_answers(self, call) -> None:
+        """``call()``, unless the database broke off a moment ago and the pause before the next
+        try is not over. A broken connection does not end the test (see ``_database_lost``)."""
+        if time.monotonic() < self.database_retry_at:
             return
-        if time.monotonic() - self.last_renewal < settings.PERFGATE_LEASE_RENEW_SECONDS:
+        try:
+            call()
+        except database_errors() as exc:
+            self._database_lost(exc)
+        else:
+            self.database_pause = FIRST_RETRY_PAUSE_SECONDS
+
+    def _database_lost(self, exc: Exception) -> None:
+        """The database broke off (a restart, a failover): the test goes on, and the lease is
+        renewed again as soon as the database answers, tried with growing pauses. Only once the
+        lease would have run out unrenewed is the test given up as a lost lease: from then on the
+        reaper may end the validation, and its results could not be used."""
+        drop_connection()
+        now = time.monotonic()
+        if now >= self.lease_deadline:
+            logger.warning(
+                "validation %s: the database was unreachable for the whole lease (%s); the test stops",
+                self.validation.pk,
+                _first_line(exc),
+            )
+            self.stop_reason = ""
             return
-        self._record_progress(elapsed, requests)
+        # A last try when the lease runs out, however long the pause has grown.
+        self.database_retry_at = min(now + self.database_pause, self.lease_deadline)
+        self.database_pause = min(self.database_pause * 2, LAST_RETRY_PAUSE_SECONDS)
+        logger.warning(
+            "validation %s: the database is unreachable (%s); the test goes on, the lease is renewed "
+            "again in %.2f s",
+            self.validation.pk,
+            _first_line(exc),
+            self.database_retry_at - now,
+        )
 
     def _still_ours(self) -> bool:
         """Whether the test may go on; when ops cancelled or the lease was lost, ``stop_reason``
@@ -372,7 +495,7 @@ class ScenarioRun:
     def _stop_if_asked(self) -> None:
         """Between two tool runs: end here when ops cancelled or the lease was lost."""
         if self.stop_reason is None:
-            self._still_ours()
+            self._while_database_answers(self._still_ours)
         if self.stop_reason is not None:
             raise Stopped(self.stop_reason)
 
@@ -381,19 +504,23 @@ class ScenarioRun:
         then, before = self.last_requests
         # A tool that restarts its count when the warm-up ends (Locust) counts from zero again.
         rate = (requests - before) / (elapsed - then) if elapsed > then and requests >= before else 0.0
-        self.last_requests = (elapsed, requests)
-        self.last_renewal = time.monotonic()
         progress = {"elapsedSeconds": round(elapsed, 1), "requests": requests, "requestRate": round(rate, 1)}
         if self.ab_progress is not None:
             progress["abTest"] = self.ab_progress
-        if not validation_renew_lease(
+        asked = time.monotonic()
+        renewed = validation_renew_lease(
             validation_id=self.validation.pk,
             worker=self.worker,
             lease_seconds=settings.PERFGATE_LEASE_SECONDS,
             progress=progress,
             estimated_completion=self.estimated_completion,
-        ):
+        )
+        if not renewed:
             self.stop_reason = ""
+            return
+        self.last_requests = (elapsed, requests)
+        self.last_renewal = asked
+        self.lease_deadline = asked + settings.PERFGATE_LEASE_SECONDS
 
     def should_stop(self) -> bool:
         return self.stop_reason is not None
@@ -484,9 +611,10 @@ class _GateRun:
 
     def on_pair(self, loop: ab.ABLoop) -> None:
         """Status shows every pair at once: the lease is renewed with the loop's progress."""
-        self.scenario_run.ab_progress = loop.progress()
+        run = self.scenario_run
+        run.ab_progress = loop.progress()
         self._estimate(loop)
-        self.scenario_run._record_progress(self._elapsed(), self.requests)
+        run._while_database_answers(lambda: run._record_progress(self._elapsed(), self.requests))
 
     def candidate_results(self) -> ResultSet:
         """The candidate's numbers over all its repetitions, parsed as one stream: percentiles are

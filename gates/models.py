@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, models
 from django.db.models import Q
+from django.utils import timezone
 
 from gates import rules
 
@@ -408,6 +409,11 @@ class Validation(models.Model):
         default=dict, blank=True, help_text="While a test runs: elapsedSeconds, requests, requestRate."
     )
     estimated_completion = models.DateTimeField(null=True, blank=True)
+    dispatch_pending = models.BooleanField(
+        default=False,
+        help_text="Queued, but the task broker was unreachable when its load test was sent: it is sent "
+        "again as soon as the broker answers.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -442,8 +448,33 @@ class Validation(models.Model):
 
     @property
     def live_progress(self) -> dict | None:
-        """Progress while the test runs; afterwards it is history, and the times tell it."""
-        return (self.progress or None) if self.status == self.Status.RUNNING else None
+        """Progress while the test runs, and whether its lease expired; afterwards it is history,
+        and the times tell it."""
+        if self.status != self.Status.RUNNING or not self.progress:
+            return None
+        return {**self.progress, "leaseExpired": self.lease_expired}
+
+    @property
+    def lease_expired(self) -> bool:
+        """Running, but its worker stopped renewing the lease: the worker is lost (killed, or cut
+        off from the database), and a reaper is about to end the validation as an error."""
+        return (
+            self.status == self.Status.RUNNING
+            and self.lease_expires_at is not None
+            and self.lease_expires_at < timezone.now()
+        )
+
+    @property
+    def live_status_reason(self) -> str:
+        """The sentence CI reads: the outcome's, or while a lost worker's validation waits for the
+        reaper, what happened to it."""
+        if not self.lease_expired:
+            return self.status_reason
+        return (
+            f"The worker {self.worker or '(unknown)'} stopped renewing its lease, which expired at "
+            f"{self.lease_expires_at:%H:%M:%S} UTC: it is lost, and the validation is being ended as an "
+            "error (blocked or failed by the environment's policy)."
+        )
 
     @property
     def live_estimated_completion(self):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import functools
-import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -96,16 +96,13 @@ def _no_validation(project: Project, build_id: str, environment_name: str | None
     return f"No validation of build {build_id!r} in {where}."
 
 
-def status_wait(validation: Validation, seconds: float, poll_seconds: float = 0.25) -> Validation:
-    """Long-poll: the validation as soon as it leaves queued/running, or as it is after
-    ``seconds``. Polling reads only the status; the row is read whole once it changed."""
-    deadline = time.monotonic() + seconds
-    status = validation.status
-    while status in Validation.PENDING_STATUSES and time.monotonic() < deadline:
-        time.sleep(min(poll_seconds, max(0.0, deadline - time.monotonic())))
-        status = Validation.objects.filter(pk=validation.pk).values_list("status", flat=True).first()
-    if status == validation.status:
-        return validation
+def validation_status(validation_id) -> str | None:
+    """A validation's status as it is now (one column), or None if there is no such validation."""
+    return Validation.objects.filter(pk=validation_id).values_list("status", flat=True).first()
+
+
+def validation_reread(validation: Validation) -> Validation:
+    """The validation as it is now, with what its status document shows of its relations."""
     return Validation.objects.select_related("project", "environment", "scenario").get(pk=validation.pk)
 
 
@@ -113,11 +110,13 @@ def _encode_cursor(created_at: datetime, pk) -> str:
     return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{pk}".encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """The (created_at, id) a cursor holds; anything else, even well encoded, is a 400 before it
+    reaches a query (an id that is not a UUID would fail there, as a 500)."""
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created_at, pk = text.split("|", 1)
-        return datetime.fromisoformat(created_at), pk
+        return datetime.fromisoformat(created_at), uuid.UUID(pk)
     except (ValueError, UnicodeDecodeError):
         raise ServiceError(
             "The cursor is not one this API gave out.", fields={"cursor": ["Invalid cursor."]}

@@ -8,7 +8,8 @@ app_name = "api"
 
 urlpatterns = [
     path("validate", api.ValidateView.as_view(), name="validate"),
-    path("status/<str:buildId>", api.StatusView.as_view(), name="status"),
+    # Async: a long-poll waits on the event loop, not in a thread (gates/waiting.py).
+    path("status/<str:buildId>", api.status_view, name="status"),
     path("block", api.BlockView.as_view(), name="block"),
     path("cancel", api.CancelView.as_view(), name="cancel"),
     path("bypass", api.BypassView.as_view(), name="bypass"),

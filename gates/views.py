@@ -5,9 +5,10 @@ It is linked from API responses and pull-request comments, so it takes either an
 """
 
 from django.contrib.auth.views import redirect_to_login
-from django.http import HttpResponse
+from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.views.decorators.http import require_GET
+from rest_framework import serializers
 from rest_framework.exceptions import AuthenticationFailed
 
 from gates import selectors
@@ -15,12 +16,21 @@ from gates.charts import history_svg
 from gates.models import Validation
 from gates.permissions import visible_projects
 from integrations.auth import ApiTokenAuthentication
+from perfgate_site.api import invalid_body
 
 
 def _unauthorized(detail: str) -> HttpResponse:
     response = HttpResponse(detail, status=401, content_type="text/plain")
     response["WWW-Authenticate"] = 'Bearer realm="perfgate"'
     return response
+
+
+class ChartQuery(serializers.Serializer):
+    """Which series the chart draws, no longer than the columns it is looked up in; a NUL byte
+    (which PostgreSQL cannot compare) is refused like any other invalid input."""
+
+    metric = serializers.CharField(max_length=300, default="http_req_duration")
+    aggregation = serializers.CharField(max_length=32, default="p(95)")
 
 
 @require_GET
@@ -44,9 +54,10 @@ def validation_chart(request, pk):
         return redirect_to_login(request.get_full_path(), login_url="admin:login")
     elif not visible_projects(request.user).filter(pk=validation.project_id).exists():
         return HttpResponse("Not found.", status=404, content_type="text/plain")
-    metric = request.GET.get("metric", "http_req_duration")[:300]
-    aggregation = request.GET.get("aggregation", "p(95)")[:32]
-    svg = history_svg(**selectors.chart_of(validation, metric, aggregation))
+    query = ChartQuery(data=request.GET.dict())
+    if not query.is_valid():
+        return JsonResponse(invalid_body(query.errors), status=400)
+    svg = history_svg(**selectors.chart_of(validation, **query.validated_data))
     response = HttpResponse(svg, content_type="image/svg+xml")
     response["Cache-Control"] = "private, max-age=60"
     return response

@@ -16,6 +16,7 @@ from rest_framework import authentication, exceptions, permissions
 
 from gates.audit import Actor
 from integrations.models import TOKEN_PREFIX, ApiToken, hash_token
+from perfgate_site.limits import failed_authentication
 
 # Writing last_used_at on every request would make every read a write; once a minute is enough
 # to answer "is this token still in use?".
@@ -77,7 +78,8 @@ class TokenPrincipal:
 
 class ApiTokenAuthentication(authentication.BaseAuthentication):
     """``Authorization: Bearer pg_…``. A missing header leaves the request anonymous (and the
-    permission check answers 401); a wrong, expired or revoked token is 401 at once."""
+    permission check answers 401); a wrong, expired or revoked token is 401 at once, or 429 from
+    an address that failed more than PERFGATE_FAILED_AUTH_RATE (``limits.failed_authentication``)."""
 
     keyword = "Bearer"
 
@@ -85,6 +87,19 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
         header = authentication.get_authorization_header(request).split()
         if not header:
             return None
+        try:
+            token = self._usable_token(header)
+        except exceptions.AuthenticationFailed:
+            # Counted per address: beyond PERFGATE_FAILED_AUTH_RATE the answer is 429, not 401.
+            failed_authentication(request)
+            raise
+        now = timezone.now()
+        if token.last_used_at is None or token.last_used_at < now - LAST_USED_RESOLUTION:
+            ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+            token.last_used_at = now
+        return TokenPrincipal(token), token
+
+    def _usable_token(self, header: list[bytes]) -> ApiToken:
         if header[0].decode("latin-1").lower() != self.keyword.lower():
             raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <token>'.")
         if len(header) != 2:
@@ -102,11 +117,7 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("This token was revoked.")
         if token.is_expired:
             raise exceptions.AuthenticationFailed("This token has expired.")
-        now = timezone.now()
-        if token.last_used_at is None or token.last_used_at < now - LAST_USED_RESOLUTION:
-            ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
-            token.last_used_at = now
-        return TokenPrincipal(token), token
+        return token
 
     def authenticate_header(self, request):
         return f'{self.keyword} realm="perfgate"'

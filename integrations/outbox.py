@@ -182,5 +182,11 @@ def deliver_queued() -> Delivered:
 
 
 def queue_delivery() -> None:
-    """After commit: a task delivers what was just recorded (the schedule catches the rest)."""
-    async_task("integrations.tasks.outbox_deliver", task_name="deliver outbox", group="outbox")
+    """After commit: a task delivers what was just recorded (the schedule catches the rest, and
+    catches up when the task broker was unreachable: the request that recorded it still succeeds)."""
+    try:
+        async_task("integrations.tasks.outbox_deliver", task_name="deliver outbox", group="outbox")
+    except Exception as exc:
+        logger.warning(
+            "The task broker is unreachable (%s): the outbox schedule delivers later.", exc.__class__.__name__
+        )

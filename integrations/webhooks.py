@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import tempfile
 import uuid
@@ -30,10 +29,12 @@ from gates.api import errors
 from gates.audit import Actor
 from gates.errors import ServiceError
 from gates.models import Environment, Project, Validation
+from gates.results.common import holds_nul
 from gates.services import validation_request
 from integrations.github import workflows
 from integrations.github.report import record_rejection, record_review
 from integrations.models import DeploymentReview, WebhookDelivery
+from perfgate_site.api import json_object
 from perfgate_site.limits import PayloadTooLarge
 
 logger = logging.getLogger(__name__)
@@ -89,12 +90,10 @@ class GitHubWebhookView(APIView):
             raise exceptions.ValidationError(
                 {"headers": ["X-GitHub-Event and X-GitHub-Delivery (at most 100 characters) are required."]}
             )
-        try:
-            payload = json.loads(body)
-        except (UnicodeDecodeError, ValueError):
-            raise exceptions.ParseError("The webhook body is not JSON.") from None
-        if not isinstance(payload, dict):
-            raise exceptions.ParseError("The webhook body is not a JSON object.")
+        payload = json_object(body, what="The webhook body")
+        if holds_nul(payload):
+            # PostgreSQL's JSONB cannot hold it; GitHub's own payloads never carry one.
+            raise exceptions.ParseError("The webhook body holds a NUL character (\\u0000); it is not stored.")
         state = webhook_receive(event=event, delivery_id=delivery_id, payload=payload)
         return Response({"delivery": delivery_id, "status": state}, status=status.HTTP_202_ACCEPTED)
 
@@ -132,12 +131,21 @@ def webhook_receive(*, event: str, delivery_id: str, payload: dict) -> str:
 
 
 def _queue(delivery_pk: int) -> None:
-    async_task(
-        "integrations.tasks.webhook_process",
-        delivery_pk,
-        task_name=f"webhook {delivery_pk}",
-        group="webhooks",
-    )
+    """After commit: a task processes the delivery. When the task broker is unreachable the
+    delivery stays queued and ``webhook_process_abandoned`` (scheduled) takes it later."""
+    try:
+        async_task(
+            "integrations.tasks.webhook_process",
+            delivery_pk,
+            task_name=f"webhook {delivery_pk}",
+            group="webhooks",
+        )
+    except Exception as exc:
+        logger.warning(
+            "The task broker is unreachable (%s): webhook delivery %s is processed later.",
+            exc.__class__.__name__,
+            delivery_pk,
+        )
 
 
 # --- Processing ---------------------------------------------------------------------------------

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import logging
 
+import orjson
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.http import Http404, JsonResponse
+from drf_spectacular.extensions import OpenApiSerializerExtension
 from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from gates.errors import ServiceError
+from gates.results.common import MAX_JSON_DEPTH, nested_too_deep
 from perfgate_site.limits import PayloadTooLarge
 
 logger = logging.getLogger(__name__)
@@ -82,18 +85,46 @@ def api_exception_handler(exc, context):
     if isinstance(exc, exceptions.ParseError):
         code = "malformed"
     if isinstance(exc, exceptions.ValidationError):
-        fields = _flatten(exc.detail)
-        first = next(iter(fields.items()), None)
-        detail = "The request is invalid"
-        if first:
-            detail += f": {first[0]}: {first[1][0]}" if first[0] != "_" else f": {first[1][0]}"
-        response.data = error_body(code, detail, fields)
+        response.data = invalid_body(exc.detail, code)
     else:
         detail = response.data.get("detail", "") if isinstance(response.data, dict) else str(response.data)
         if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
             detail = f"Too many requests for this token; retry in {int(exc.wait + 0.999)} s."
         response.data = error_body(code, str(detail))
     return response
+
+
+def invalid_body(errors, code: str = "invalid") -> dict:
+    """A serializer's errors in the error shape, the first one repeated in ``detail``."""
+    fields = _flatten(errors)
+    first = next(iter(fields.items()), None)
+    detail = "The request is invalid"
+    if first:
+        detail += f": {first[0]}: {first[1][0]}" if first[0] != "_" else f": {first[1][0]}"
+    return error_body(code, detail, fields)
+
+
+def json_object(raw: bytes | str, *, what: str) -> dict:
+    """A JSON object sent to perfgate outside the API's body parser (the multipart ``request``
+    part, a webhook body), held to the same rules: strict JSON (no NaN or Infinity), nested at
+    most MAX_JSON_DEPTH levels. Anything else is a 400 naming ``what``."""
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise exceptions.ParseError(f"{what} is not valid JSON: {exc}.") from None
+    if not isinstance(document, dict):
+        raise exceptions.ParseError(f"{what} is not a JSON object.")
+    _refuse_deep_nesting(document)
+    return document
+
+
+def _refuse_deep_nesting(data) -> None:
+    # Past a few hundred levels the json module, repr and DRF's own error messages recurse until
+    # RecursionError; no request perfgate understands is more than a few levels deep.
+    if nested_too_deep(data):
+        raise exceptions.ParseError(
+            f"The JSON is nested more than {MAX_JSON_DEPTH} levels deep (depth limit exceeded)."
+        )
 
 
 def json_not_found(request, exception=None):
@@ -115,7 +146,13 @@ def json_server_error(request):
 
 class StrictSerializer(serializers.Serializer):
     """Rejects fields it does not know, at every level: a typo in CI's request must not be
-    silently ignored (``thresholds`` spelled ``threshold`` would loosen nothing but check nothing)."""
+    silently ignored (``thresholds`` spelled ``threshold`` would loosen nothing but check nothing).
+    Input nested deeper than MAX_JSON_DEPTH is refused before any field reads it."""
+
+    def run_validation(self, data=serializers.empty):
+        if self.parent is None:
+            _refuse_deep_nesting(data)
+        return super().run_validation(data)
 
     def to_internal_value(self, data):
         if isinstance(data, dict):
@@ -123,3 +160,15 @@ class StrictSerializer(serializers.Serializer):
             if unknown:
                 raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
         return super().to_internal_value(data)
+
+
+class StrictSerializerSchema(OpenApiSerializerExtension):
+    """The OpenAPI schema says what a StrictSerializer does: a property it does not know is
+    refused (``additionalProperties: false``), so clients generated from it learn it too."""
+
+    target_class = StrictSerializer
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema, direction):
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        return {**schema, "additionalProperties": False}

@@ -54,6 +54,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: after the response is made, it ends validations whose worker is lost (the reaper
+    # runs wherever the web process runs; PERFGATE_WEB_REAPER_SECONDS).
+    "gates.middleware.ReapExpiredLeases",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -111,6 +114,28 @@ else:
             {"server_side_binding": True, "prepare_threshold": 5}
         )
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
+
+# Serving under ASGI, and long-polls (docs/architecture.md, "Long-polls"). Under ASGI every request
+# does its database work in a thread of its own, so a connection kept per thread would be left
+# behind by each request: with DATABASE_POOL (perfgate_site/asgi.py turns it on) PostgreSQL
+# connections come from a pool of at most DATABASE_POOL_MAX_SIZE per process instead.
+DATABASE_POOL = env.bool("DATABASE_POOL", default=False)
+if DATABASE_POOL and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 2,
+        "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=10),
+        "timeout": 30,
+    }
+# Long-polls (status?wait=N) waiting at once per token, per process; beyond it 429 with Retry-After.
+PERFGATE_MAX_WAITERS_PER_TOKEN = env.int("PERFGATE_MAX_WAITERS_PER_TOKEN", default=20)
+# Seconds between the long-poll hub's looks at the statuses waited on: always on SQLite, on
+# PostgreSQL only while its LISTEN connection is down (notifications wake waiters otherwise).
+PERFGATE_LONGPOLL_POLL_SECONDS = env.float("PERFGATE_LONGPOLL_POLL_SECONDS", default=0.25)
+if PERFGATE_MAX_WAITERS_PER_TOKEN < 1 or PERFGATE_LONGPOLL_POLL_SECONDS <= 0:
+    raise ImproperlyConfigured(
+        "PERFGATE_MAX_WAITERS_PER_TOKEN must be at least 1 and PERFGATE_LONGPOLL_POLL_SECONDS above 0."
+    )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -275,6 +300,21 @@ PERFGATE_TOKEN_CACHE_SECONDS = env.float("PERFGATE_TOKEN_CACHE_SECONDS", default
 # Requests a process takes from the shared rate-limit budget at a time (1 = ask the shared cache
 # on every request; more = fewer round trips, a budget enforced to within that many per process).
 PERFGATE_RATE_LIMIT_BATCH = env.int("PERFGATE_RATE_LIMIT_BATCH", default=10)
+# The shared cache is on every API request's path (rate limits). When it cannot be reached each
+# process counts alone and says so once in the log; it asks the cache again every
+# PERFGATE_CACHE_RETRY_SECONDS, and a Redis call gives up after PERFGATE_CACHE_TIMEOUT_SECONDS.
+PERFGATE_CACHE_RETRY_SECONDS = env.float("PERFGATE_CACHE_RETRY_SECONDS", default=5.0)
+PERFGATE_CACHE_TIMEOUT_SECONDS = env.float("PERFGATE_CACHE_TIMEOUT_SECONDS", default=1.0)
+if REDIS_URL:
+    CACHES["default"]["OPTIONS"] = {
+        "socket_connect_timeout": PERFGATE_CACHE_TIMEOUT_SECONDS,
+        "socket_timeout": PERFGATE_CACHE_TIMEOUT_SECONDS,
+    }
+# Failed authentications (wrong, expired or revoked tokens) per client address; beyond it, 429.
+PERFGATE_FAILED_AUTH_RATE = env.str("PERFGATE_FAILED_AUTH_RATE", default="30/min")
+# Proxies in front of perfgate that append to X-Forwarded-For; 0: the client is REMOTE_ADDR and the
+# header, which any client can write, is ignored.
+REST_FRAMEWORK["NUM_PROXIES"] = env.int("PERFGATE_TRUSTED_PROXIES", default=0)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "perfgate CI API",
@@ -307,6 +347,10 @@ if PERFGATE_LEASE_RENEW_SECONDS * 2 > PERFGATE_LEASE_SECONDS:
     raise ImproperlyConfigured("PERFGATE_LEASE_SECONDS must be at least twice PERFGATE_LEASE_RENEW_SECONDS.")
 # How often the scheduled reaper looks for expired leases, in minutes.
 PERFGATE_REAPER_MINUTES = env.int("PERFGATE_REAPER_MINUTES", default=1)
+# The web process reaps too, after a request, at most this often (0: never; then run the
+# scheduled reaper or `manage.py reap` from cron): a lost worker's validation ends even when no
+# worker is alive.
+PERFGATE_WEB_REAPER_SECONDS = env.float("PERFGATE_WEB_REAPER_SECONDS", default=15.0)
 # A test is stopped when it runs this many seconds beyond its warm-up and duration.
 PERFGATE_RUN_MARGIN_SECONDS = env.float("PERFGATE_RUN_MARGIN_SECONDS", default=120.0)
 # A run lives in one django-q2 task, killed at PERFGATE_TASK_TIMEOUT. Besides the run margin it
@@ -372,3 +416,22 @@ if PERFGATE_AB_MAX_LOAD_SECONDS > PERFGATE_LONGEST_RUN_SECONDS:
         f"PERFGATE_AB_MAX_LOAD_SECONDS ({PERFGATE_AB_MAX_LOAD_SECONDS}s) does not fit in a worker task: "
         f"{_TIMEOUT_BUDGET}. Lower it or raise PERFGATE_TASK_TIMEOUT."
     )
+
+# The audit log's tamper evidence (docs/audit.md). Every event's hash is an HMAC-SHA256 with the
+# first of PERFGATE_AUDIT_KEYS, and every PERFGATE_AUDIT_DIGEST_MINUTES a signed digest (count, last
+# id, last hash) is written to PERFGATE_AUDIT_DIGEST_DIR, outside the database, so whoever can write
+# the table can neither forge, re-chain nor cut it unseen. Keys are newest first: the first signs,
+# every one verifies. Unset, one key is derived from SECRET_KEY (never stored in the database); set
+# your own in production (`manage.py check --deploy` warns), or rotating SECRET_KEY orphans the log.
+PERFGATE_AUDIT_KEYS = env.list("PERFGATE_AUDIT_KEYS", default=[])
+PERFGATE_AUDIT_KEYS_DERIVED = not PERFGATE_AUDIT_KEYS
+if PERFGATE_AUDIT_KEYS_DERIVED:
+    PERFGATE_AUDIT_KEYS = [hashlib.sha256(b"perfgate-audit:" + SECRET_KEY.encode()).hexdigest()]
+if any(len(_key) < 32 for _key in PERFGATE_AUDIT_KEYS):
+    raise ImproperlyConfigured("PERFGATE_AUDIT_KEYS: every key must be at least 32 characters long.")
+PERFGATE_AUDIT_DIGEST_DIR = Path(
+    env.str("PERFGATE_AUDIT_DIGEST_DIR", default="") or BASE_DIR / "audit-digests"
+)
+PERFGATE_AUDIT_DIGEST_MINUTES = env.int("PERFGATE_AUDIT_DIGEST_MINUTES", default=5)
+if PERFGATE_AUDIT_DIGEST_MINUTES < 1:
+    raise ImproperlyConfigured("PERFGATE_AUDIT_DIGEST_MINUTES must be at least 1.")

@@ -6,7 +6,11 @@ Personas: ``ops`` and ``second_ops`` (operators of the project), ``auditor`` (vi
 production, one k6 scenario and the usual rules.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -20,6 +24,16 @@ export default function () { http.get(`${__ENV.TARGET_URL}/api/guests`, { tags: 
 
 
 def pytest_configure(config):
+    # Audit digests are per installation: the suite's (and its qcluster subprocesses') go to a
+    # directory of this run, never to the checkout's audit-digests/ that the demo's log is checked
+    # against.
+    from django.conf import settings as django_settings
+
+    digests = tempfile.mkdtemp(prefix="perfgate-test-audit-digests-")
+    atexit.register(shutil.rmtree, digests, ignore_errors=True)
+    os.environ["PERFGATE_AUDIT_DIGEST_DIR"] = digests
+    django_settings.PERFGATE_AUDIT_DIGEST_DIR = Path(digests)
+
     # CI's second pass promises PostgreSQL and Redis: if they are not what the suite runs on,
     # that is a failure of the run, not a reason to skip the tests that need them.
     if os.environ.get("PERFGATE_REQUIRE_SERVICES") == "1":

@@ -14,7 +14,7 @@ from django.db import close_old_connections
 from hypothesis import HealthCheck, settings
 
 from gates.services import validation_evaluate
-from tests.conftest import make_token
+from tests.conftest import Api, make_token
 from tests.factories import make_results, make_validation
 
 
@@ -62,3 +62,44 @@ def test_every_operation_conforms_to_the_schema(case, ops_token):
         headers={"Authorization": f"Bearer {ops_token}"},
         excluded_checks=[schemathesis.checks.positive_data_acceptance],
     )
+
+
+def request_bodies(schema: dict) -> dict[str, dict]:
+    """Every request body of the CI API, and every object it nests, by component name."""
+    components = schema["components"]["schemas"]
+    pending = [
+        media["schema"]["$ref"]
+        for path, operations in schema["paths"].items()
+        if path.startswith("/api/ci-cd/performance/")
+        for operation in operations.values()
+        for media in operation.get("requestBody", {}).get("content", {}).values()
+    ]
+    found: dict[str, dict] = {}
+    while pending:
+        name = pending.pop().rsplit("/", 1)[1]
+        if name in found or components[name].get("type") != "object":
+            continue
+        found[name] = components[name]
+        for field in components[name]["properties"].values():
+            pending.extend(
+                option["$ref"]
+                for option in [field, *field.get("allOf", []), *field.get("oneOf", [])]
+                if "$ref" in option
+            )
+    return found
+
+
+def test_the_schema_says_that_unknown_fields_are_refused(client, db):
+    bodies = request_bodies(client.get("/api/schema/?format=json").json())
+    assert {"ValidateRequestRequest", "TestConfigRequest", "DeploymentContextRequest"} <= set(bodies)
+    assert {name: body.get("additionalProperties") for name, body in bodies.items()} == dict.fromkeys(
+        bodies, False
+    )
+
+
+@pytest.mark.parametrize("operation", ["validate", "baseline", "block", "bypass", "cancel"])
+def test_an_unknown_field_is_refused_as_the_schema_says(ops_token, operation):
+    api = Api(ops_token)
+    response = api.post(f"/api/ci-cd/performance/{operation}", {"unexpected": 1})
+    assert response.status_code == 400
+    assert response.json()["fields"]["unexpected"] == ["Unknown field."]

@@ -6,7 +6,9 @@
 Pure code: no Django. Raw formats (k6 NDJSON, JMeter JTL, Locust JSON) are recomputed exactly,
 including any requested submetric; pre-aggregated ones (k6 summaries, Locust CSV) hold what the
 tool wrote. Bad input raises :class:`ParseError` and nothing else; so does a number no load test
-can produce (a negative duration or count, a rate outside [0, 1], one past 2**53).
+can produce (a negative duration or count, a rate outside [0, 1], one past 2**53), a name that
+cannot be stored (a control character, longer than its column) and a JSON document nested more
+than 64 levels deep.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Iterable
 from typing import BinaryIO
 
 from gates.results.base import ParseError, ResultSet, Series, Tags
-from gates.results.common import check_physical, parse_selector
+from gates.results.common import check_names, check_physical, parse_selector
 from gates.results.detect import FORMATS, detect_format, strip_bom
 from gates.results.jmeter import parse_jtl
 from gates.results.k6 import parse_handle_summary, parse_summary_export
@@ -152,7 +154,8 @@ def _parse_stream(
         else:
             fmt = detect_format(head, name)
 
-    return check_physical(_parse_format(reader, fmt, name, submetrics, percentiles, warmup_tag), source=name)
+    result = _parse_format(reader, fmt, name, submetrics, percentiles, warmup_tag)
+    return check_names(check_physical(result, source=name), source=name)
 
 
 def _parse_format(

@@ -6,6 +6,7 @@ Pure code, no Django.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,6 +29,21 @@ MAX_LINE_BYTES = 8 << 20
 # Past 2**53 a float no longer counts in ones, and no run measures anything that large: such a
 # number is corrupt or hostile, and sums or means over it can overflow to infinity.
 MAX_MAGNITUDE = 2**53
+
+# The deepest nesting of lists and objects perfgate reads in any JSON it is sent: results
+# documents here, and API bodies, the multipart request part and webhook bodies through
+# ``perfgate_site.api``. Real documents stay under ten levels; a few hundred make code that walks
+# them recursively (the json module, repr, a serializer's error message) raise RecursionError.
+MAX_JSON_DEPTH = 64
+
+# The lengths of the columns a series is stored in (``MetricObservation``, ``BaselineMetric``):
+# a longer name would fail on PostgreSQL, which enforces them, after the run was accepted.
+MAX_METRIC_CHARS = 200
+MAX_SERIES_CHARS = 300
+MAX_AGGREGATION_CHARS = 32
+# Control characters (NUL above all: PostgreSQL text and JSONB cannot hold it) are in no name a
+# tool writes; they are corruption, or an attempt to break what displays or stores the name.
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 # Aggregations that count things, whatever the metric's kind.
 _COUNT_AGGREGATIONS = frozenset({"count", "passes", "fails"})
@@ -178,6 +194,64 @@ def bounded_lines(readline: Callable[[int], str], *, source: str) -> Iterator[st
                 f"line longer than {MAX_LINE_BYTES >> 20} MiB: not a results file", source=source, line=number
             )
         yield line
+
+
+def nested_too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether parsed JSON nests lists and objects more than ``limit`` levels deep (``{}`` is one
+    level). Walked without recursion, so it answers for any depth."""
+    pending = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while pending:
+        node, depth = pending.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        pending.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def holds_nul(value: Any) -> bool:
+    """Whether parsed JSON has a NUL character (``\\u0000``) in any key or string, which
+    PostgreSQL's JSONB refuses. Walked without recursion."""
+    pending = [value]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, str):
+            if "\x00" in node:
+                return True
+        elif isinstance(node, dict):
+            pending.extend(node)
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return False
+
+
+def _unstorable_name(series: Series) -> str | None:
+    """Why the names of ``series`` cannot be stored, or ``None`` when they can."""
+    if _CONTROL_CHARACTER.search(series.key):
+        return "it holds a control character"
+    if len(series.metric) > MAX_METRIC_CHARS:
+        return f"a metric name has at most {MAX_METRIC_CHARS} characters"
+    if len(series.key) > MAX_SERIES_CHARS:
+        return f"a metric name with its tags has at most {MAX_SERIES_CHARS} characters"
+    return None
+
+
+def check_names(result: ResultSet, *, source: str) -> ResultSet:
+    """``result`` unchanged, or a ParseError naming the first metric or aggregation name that
+    cannot be stored: a control character, or longer than its column."""
+    for series in result.series.values():
+        problem = _unstorable_name(series)
+        if problem is not None:
+            raise ParseError(f"impossible metric name {describe(series.key)} ({problem})", source=source)
+        for aggregation in series.values:
+            if _CONTROL_CHARACTER.search(aggregation) or len(aggregation) > MAX_AGGREGATION_CHARS:
+                raise ParseError(
+                    f"impossible aggregation name {describe(aggregation)} of {describe(series.key)} "
+                    f"(at most {MAX_AGGREGATION_CHARS} characters, no control characters)",
+                    source=source,
+                )
+    return result
 
 
 def _impossible(series: Series, aggregation: str, value: float) -> str | None:

@@ -24,23 +24,38 @@ from typing import Any
 import orjson
 
 from gates.results.base import COUNTER, GAUGE, METRIC_KINDS, RATE, TREND, ParseError, ResultSet, Series
-from gates.results.common import BUILTIN_METRICS, UNITS, count_at, describe, number_at, parse_selector
+from gates.results.common import (
+    BUILTIN_METRICS,
+    MAX_JSON_DEPTH,
+    UNITS,
+    count_at,
+    describe,
+    nested_too_deep,
+    number_at,
+    parse_selector,
+)
 
 _GAUGE_KEYS = frozenset({"value", "min", "max"})
 _TREND_KEYS = frozenset({"avg", "min", "med", "max", "count"})
 
 
 def load_json(data: bytes, *, source: str) -> Any:
-    """Parse a whole JSON document, turning orjson's error into a ParseError with a position."""
+    """Parse a whole JSON document, turning orjson's error into a ParseError with a position.
+    A document nested deeper than any tool writes is refused like invalid JSON."""
     if not data.strip():
         raise ParseError("the file is empty; expected a JSON document", source=source)
     try:
-        return orjson.loads(data)
+        document = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         truncated = " (the file looks truncated)" if "end of data" in exc.msg else ""
         raise ParseError(
             f"invalid JSON{truncated}: {exc.msg} at column {exc.colno}", source=source, line=exc.lineno
         ) from None
+    if nested_too_deep(document):
+        raise ParseError(
+            f"JSON nested more than {MAX_JSON_DEPTH} levels deep (depth limit exceeded)", source=source
+        )
+    return document
 
 
 def _object_at(value: Any, *, source: str, field: str) -> dict:

@@ -17,6 +17,7 @@ from gates.services.runs import (
 )
 from gates.services.validations import (
     validation_block,
+    validation_dispatch_pending,
     validation_evaluate,
     validation_record_error,
     validation_request,
@@ -31,6 +32,7 @@ __all__ = [
     "validation_block",
     "validation_cancel",
     "validation_claim",
+    "validation_dispatch_pending",
     "validation_evaluate",
     "validation_reap_expired",
     "validation_record_error",

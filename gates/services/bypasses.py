@@ -9,6 +9,10 @@ superusers included. Production can require two distinct approvers. The last app
 validation ``bypassed``: deployment allowed, the underlying verdict kept. These rules live here,
 not in the admin, so every way of approving obeys them; the admin asks ``bypass_refusal`` to
 offer its Approve and Reject actions exactly when these services would accept.
+
+In the global lock order (``gates.services.validations``) a bypass request comes after its
+validation: approving locks the validation first, then the request, so an approval racing a
+manual block or another request of the same build waits instead of deadlocking.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
 from django.utils import timezone
 
 from gates.audit import SYSTEM, Actor, audit_record
@@ -24,7 +27,7 @@ from gates.errors import InvalidState, NotPermitted, ServiceError
 from gates.models import BypassApproval, BypassRequest, Validation
 from gates.permissions import may, require_right
 from gates.registry import Change, announce
-from gates.services.validations import record_outcome
+from gates.services.validations import atomic_retried, lock_validation, record_outcome
 
 DEFAULT_EXPIRY_MINUTES = 4 * 60
 MAX_EXPIRY_MINUTES = 24 * 60
@@ -34,7 +37,7 @@ def _names(*names: str | None) -> list[str]:
     return sorted({name.strip().lower() for name in names if name and name.strip()})
 
 
-@transaction.atomic
+@atomic_retried
 def bypass_request(
     *,
     validation: Validation,
@@ -57,11 +60,7 @@ def bypass_request(
             f"A bypass expires after 1 to {MAX_EXPIRY_MINUTES} minutes.",
             fields={"expiresInMinutes": [f"Between 1 and {MAX_EXPIRY_MINUTES}."]},
         )
-    validation = (
-        Validation.objects.select_for_update(of=("self",))
-        .select_related("project", "environment")
-        .get(pk=validation.pk)
-    )
+    validation = lock_validation(validation.pk, "project", "environment")
     require_right(actor, "block_deployment", validation.project, to="ask for bypasses")
     if validation.status != Validation.Status.BLOCKED:
         raise InvalidState(
@@ -111,7 +110,7 @@ def bypass_request(
 
 def _locked(bypass: BypassRequest) -> BypassRequest:
     return (
-        BypassRequest.objects.select_for_update(of=("self",))
+        BypassRequest.objects.select_for_update(of=("self",), no_key=True)
         .select_related("project", "environment")
         .get(pk=bypass.pk)
     )
@@ -137,11 +136,12 @@ def bypass_refusal(*, bypass: BypassRequest, user, approving: bool = True) -> Se
     return None
 
 
-@transaction.atomic
+@atomic_retried
 def bypass_approve(*, bypass: BypassRequest, approver) -> BypassRequest:
-    """One approval, refused for the reasons ``bypass_refusal`` gives. The request row is locked,
-    so two people approving at the same moment are counted one after the other: never twice,
-    never beyond what is required."""
+    """One approval, refused for the reasons ``bypass_refusal`` gives. The validation and then
+    the request row are locked (the lock order), so two people approving at the same moment are
+    counted one after the other: never twice, never beyond what is required."""
+    validation = lock_validation(bypass.validation_id)
     bypass = _locked(bypass)
     refusal = bypass_refusal(bypass=bypass, user=approver)
     if refusal is not None:
@@ -168,13 +168,12 @@ def bypass_approve(*, bypass: BypassRequest, approver) -> BypassRequest:
     bypass.decided_at = timezone.now()
     bypass.decided_by = ", ".join(approvers)
     bypass.save(update_fields=["status", "decided_at", "decided_by"])
-    _apply(bypass, approvers, actor)
+    _apply(bypass, validation, approvers, actor)
     return bypass
 
 
-def _apply(bypass: BypassRequest, approvers: list[str], actor: Actor) -> None:
-    """Let the validation through, keeping its verdict."""
-    validation = Validation.objects.select_for_update(of=("self",)).get(pk=bypass.validation_id)
+def _apply(bypass: BypassRequest, validation: Validation, approvers: list[str], actor: Actor) -> None:
+    """Let the (locked) validation through, keeping its verdict."""
     if validation.status != Validation.Status.BLOCKED:
         raise InvalidState(f"Build {validation.build_id} is no longer blocked ({validation.status}).")
     ticket = f" ({bypass.ticket_url})" if bypass.ticket_url else ""
@@ -205,7 +204,7 @@ def _apply(bypass: BypassRequest, approvers: list[str], actor: Actor) -> None:
     announce(validation, Change.BYPASSED)
 
 
-@transaction.atomic
+@atomic_retried
 def bypass_reject(*, bypass: BypassRequest, user, reason: str = "") -> BypassRequest:
     """Refuse a bypass: the validation stays blocked. Who may reject is who may approve."""
     bypass = _locked(bypass)
@@ -232,28 +231,25 @@ def bypass_reject(*, bypass: BypassRequest, user, reason: str = "") -> BypassReq
 def bypass_expire_due(*, now=None) -> int:
     """Close the pending requests whose time ran out (scheduled). Returns how many."""
     now = now or timezone.now()
-    expired = 0
-    for pk in BypassRequest.objects.filter(
-        status=BypassRequest.Status.PENDING, expires_at__lte=now
-    ).values_list("pk", flat=True):
-        with transaction.atomic():
-            bypass = (
-                BypassRequest.objects.select_for_update(of=("self",))
-                .select_related("project", "environment")
-                .get(pk=pk)
-            )
-            if bypass.status != BypassRequest.Status.PENDING:
-                continue
-            bypass.status = BypassRequest.Status.EXPIRED
-            bypass.decided_at = now
-            bypass.save(update_fields=["status", "decided_at"])
-            audit_record(
-                action="bypass.expired",
-                actor=SYSTEM,
-                target=bypass,
-                project=bypass.project.slug,
-                environment=bypass.environment.name,
-                data={"build_id": bypass.build_id, "expires_at": bypass.expires_at},
-            )
-            expired += 1
-    return expired
+    due = BypassRequest.objects.filter(status=BypassRequest.Status.PENDING, expires_at__lte=now)
+    return sum(_bypass_expire(pk=pk, now=now) for pk in due.values_list("pk", flat=True))
+
+
+@atomic_retried
+def _bypass_expire(*, pk, now) -> bool:
+    """Expire one request, unless it was decided meanwhile; True when it expired."""
+    bypass = _locked(BypassRequest(pk=pk))
+    if bypass.status != BypassRequest.Status.PENDING:
+        return False
+    bypass.status = BypassRequest.Status.EXPIRED
+    bypass.decided_at = now
+    bypass.save(update_fields=["status", "decided_at"])
+    audit_record(
+        action="bypass.expired",
+        actor=SYSTEM,
+        target=bypass,
+        project=bypass.project.slug,
+        environment=bypass.environment.name,
+        data={"build_id": bypass.build_id, "expires_at": bypass.expires_at},
+    )
+    return True

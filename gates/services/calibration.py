@@ -25,7 +25,11 @@ def scenario_calibrate(
         raise ServiceError(
             f"The calibration was measured in {calibration.get('environment')!r}, not {environment.name!r}."
         )
-    scenario = Scenario.objects.select_for_update().select_related("project").get(pk=scenario.pk)
+    scenario = (
+        Scenario.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("project")
+        .get(pk=scenario.pk)
+    )
     previous = scenario.calibration
     scenario.calibration = calibration
     scenario.save(update_fields=["calibration"])

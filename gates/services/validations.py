@@ -4,16 +4,29 @@ Every request enters through ``validation_request``: it resolves a ``Plan`` once
 effective test config, rules), creates the validation once, and then evaluates uploaded results,
 refuses it (a precondition failed) or queues its test run. Every outcome is written by
 ``record_outcome`` and announced through ``gates.registry``.
+
+Lock order. Every transaction that changes a validation, a baseline or a bypass takes its locks
+in one global order (``docs/architecture.md``, "Lock order"): the validation rows, by primary key
+(``lock_validation``); then the scenario row, which numbers its baselines (``lock_scenario``);
+then baseline rows; then bypass requests; and last the audit chain, which ``audit_record`` takes:
+after its first audit event a transaction takes no new lock. Row locks are ``FOR NO KEY UPDATE``,
+so the ``KEY SHARE`` locks of foreign-key checks (a run, a baseline, an outbox row referring to a
+locked validation) never wait for them. What still deadlocks (a path outside this order) is
+retried by ``atomic_retried`` instead of reaching the client as a 500.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
+import random
+import time
 from dataclasses import asdict
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.utils import timezone
 from django_q.tasks import async_task
 
@@ -30,6 +43,7 @@ from gates.models import (
     MetricObservation,
     Project,
     Run,
+    Scenario,
     Validation,
     Verdict,
 )
@@ -38,6 +52,59 @@ from gates.plans import AppliedRule, Plan, plan_of, validation_plan, validation_
 from gates.registry import Change, announce
 from gates.results import parse_results
 from gates.results.base import ParseError, ResultSet
+
+logger = logging.getLogger(__name__)
+
+# PostgreSQL's SQLSTATEs for "this transaction lost a lock conflict; run it again":
+# deadlock_detected and serialization_failure.
+LOCK_CONFLICTS = {"40P01", "40001"}
+TRANSACTION_ATTEMPTS = 5
+
+
+def atomic_retried(service):
+    """``transaction.atomic``, run again (at most ``TRANSACTION_ATTEMPTS`` times, after a short
+    random pause) when PostgreSQL aborts it to break a deadlock.
+
+    Only the outermost transaction can be retried: nested in another one, the service runs once
+    and the conflict goes up to whoever opened the transaction. A retried service must re-read
+    what it locks (every service here does), and what it queued with ``on_commit`` went away with
+    the rolled-back attempt.
+    """
+    atomic_service = transaction.atomic(service)
+
+    @functools.wraps(service)
+    def run(*args, **kwargs):
+        if transaction.get_connection().in_atomic_block:
+            return atomic_service(*args, **kwargs)
+        for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
+            try:
+                return atomic_service(*args, **kwargs)
+            except OperationalError as exc:
+                sqlstate = getattr(exc.__cause__, "sqlstate", None)
+                if sqlstate not in LOCK_CONFLICTS or attempt == TRANSACTION_ATTEMPTS:
+                    raise
+                logger.warning(
+                    "%s lost a lock conflict (SQLSTATE %s), attempt %d of %d; retrying",
+                    service.__qualname__,
+                    sqlstate,
+                    attempt,
+                    TRANSACTION_ATTEMPTS,
+                )
+                time.sleep(random.uniform(0.005, 0.02 * attempt))
+
+    return run
+
+
+def lock_validation(pk, *related: str) -> Validation:
+    """The validation, locked for this transaction (``FOR NO KEY UPDATE``): the first lock of the
+    global order. Transactions that lock several validations lock them by ascending ``pk``."""
+    return Validation.objects.select_for_update(of=("self",), no_key=True).select_related(*related).get(pk=pk)
+
+
+def lock_scenario(pk) -> None:
+    """Lock the scenario row, which numbers its baseline versions and guards their pins: after
+    the validations, before baselines, bypasses and the audit chain."""
+    Scenario.objects.select_for_update(no_key=True).filter(pk=pk).values_list("pk").first()
 
 
 def validation_request(
@@ -84,37 +151,73 @@ def validation_request(
         missing = _missing_staging_pass(project, environment, git_hash)
         if results is not None and not missing:
             parsed = _parse(results, results_format=results_format, results_name=results_name, plan=plan)
-    with transaction.atomic():
-        claim = _idempotency_claim(project, idempotency_key, fingerprint) if idempotency_key else None
-        if claim is not None and claim.validation_id is not None:
-            return claim.validation, False  # a concurrent twin with the same request made it
-        if take_existing:
-            validation, created = existing, False
-        else:
-            validation, created = _validation_create(
-                project=project,
-                environment=environment,
-                build_id=build_id,
-                git_hash=git_hash,
-                actor=actor,
-                plan=plan,
-                deployment_context=deployment_context or {},
-                # Uploaded results are evaluated in this transaction: ``validation.evaluated``
-                # then records the request too.
-                audited=parsed is None,
+    return _validation_record_request(
+        project=project,
+        environment=environment,
+        build_id=build_id,
+        git_hash=git_hash,
+        actor=actor,
+        plan=plan,
+        deployment_context=deployment_context or {},
+        existing=existing if take_existing else None,
+        missing=missing,
+        parsed=parsed,
+        source=source,
+        idempotency_key=idempotency_key,
+        fingerprint=fingerprint,
+    )
+
+
+@atomic_retried
+def _validation_record_request(
+    *,
+    project: Project,
+    environment: Environment,
+    build_id: str,
+    git_hash: str,
+    actor: Actor,
+    plan: Plan,
+    deployment_context: dict,
+    existing: Validation | None,
+    missing: str,
+    parsed: ResultSet | None,
+    source: str,
+    idempotency_key: str | None,
+    fingerprint: str,
+) -> tuple[Validation, bool]:
+    """The writing half of ``validation_request``, one transaction: claim the key, take
+    ``existing`` or create the validation, then refuse it (``missing`` says why), evaluate the
+    ``parsed`` results or queue its run. Everything slow (parsing) happened before."""
+    claim = _idempotency_claim(project, idempotency_key, fingerprint) if idempotency_key else None
+    if claim is not None and claim.validation_id is not None:
+        return claim.validation, False  # a concurrent twin with the same request made it
+    if existing is not None:
+        validation, created = existing, False
+    else:
+        validation, created = _validation_create(
+            project=project,
+            environment=environment,
+            build_id=build_id,
+            git_hash=git_hash,
+            actor=actor,
+            plan=plan,
+            deployment_context=deployment_context,
+            # Uploaded results are evaluated in this transaction: ``validation.evaluated``
+            # then records the request too.
+            audited=parsed is None,
+        )
+        if validation.is_pending and missing:
+            if created:
+                _validation_refuse(validation, reason=missing)
+        elif validation.is_pending and parsed is not None:
+            validation = validation_evaluate(
+                validation=validation, results=parsed, actor=actor, source=source, applied=plan.rules
             )
-            if validation.is_pending and missing:
-                if created:
-                    _validation_refuse(validation, reason=missing)
-            elif validation.is_pending and parsed is not None:
-                validation = validation_evaluate(
-                    validation=validation, results=parsed, actor=actor, source=source, applied=plan.rules
-                )
-            elif created:
-                transaction.on_commit(lambda: _queue_run(validation))
-        if claim is not None:
-            claim.validation = validation
-            claim.save(update_fields=["validation"])
+        elif created:
+            transaction.on_commit(lambda: _queue_run(validation))
+    if claim is not None:
+        claim.validation = validation
+        claim.save(update_fields=["validation"])
     return validation, created
 
 
@@ -220,12 +323,48 @@ def _validation_create(
 
 
 def _queue_run(validation: Validation) -> None:
+    """After commit: send the load test to a worker. When the task broker (Redis) is down the
+    request still succeeds: the validation stays queued, marked, and ``validation_dispatch_pending``
+    sends it once the broker answers."""
+    try:
+        _send_run(validation)
+    except Exception as exc:
+        logger.warning(
+            "The task broker is unreachable (%s): validation %s stays queued and is sent when it answers.",
+            exc.__class__.__name__,
+            validation.pk,
+        )
+        Validation.objects.filter(pk=validation.pk, status=Validation.Status.QUEUED).update(
+            dispatch_pending=True
+        )
+
+
+def _send_run(validation: Validation) -> None:
     async_task(
         "gates.tasks.validation_run",
         str(validation.pk),
         task_name=f"run {validation.project.slug}/{validation.environment.name} {validation.build_id}"[:100],
         group="validation-runs",
     )
+
+
+def validation_dispatch_pending() -> int:
+    """Send the load tests the broker could not take when they were asked for, oldest first; stop
+    at the first that still cannot be sent. Returns how many were sent. Sending one twice is
+    harmless: a worker runs a validation only after claiming it while it is queued."""
+    pending = Validation.objects.filter(dispatch_pending=True, status=Validation.Status.QUEUED)
+    sent = 0
+    for validation in pending.select_related("project", "environment").order_by("created_at"):
+        try:
+            _send_run(validation)
+        except Exception as exc:
+            logger.info("The task broker is still unreachable (%s).", exc.__class__.__name__)
+            break
+        Validation.objects.filter(pk=validation.pk).update(dispatch_pending=False)
+        sent += 1
+    if sent:
+        logger.warning("Sent %d load test(s) the task broker could not take earlier.", sent)
+    return sent
 
 
 def _missing_staging_pass(project: Project, environment: Environment, git_hash: str) -> str:
@@ -355,7 +494,7 @@ def _blocking(outcome: rules.CheckOutcome, environment: Environment) -> bool:
     return outcome.severity == rules.Severity.KEY and environment.would_block(outcome.verdict)
 
 
-@transaction.atomic
+@atomic_retried
 def validation_evaluate(
     *,
     validation: Validation,
@@ -372,16 +511,19 @@ def validation_evaluate(
     A validation that already has its outcome is refused: a decision, once made, is not rewritten.
     ``applied`` saves reading the rules again when the caller already has them. ``comparison`` is
     gate-run mode's A/B decision: the relative rules it decided are judged on it.
+
+    The scenario row is locked right after the validation, before anything is written: the
+    evaluation compares with the scenario's active baseline, and the listeners it announces to may
+    make the next version (``baselines.services.baseline_follow``) after the audit event, when the
+    lock order allows no new lock.
     """
-    validation = (
-        Validation.objects.select_for_update(of=("self",))
-        .select_related("project", "environment", "scenario")
-        .get(pk=validation.pk)
-    )
+    validation = lock_validation(validation.pk, "project", "environment", "scenario")
     if not validation.is_pending:
         raise InvalidState(
             f"Validation of build {validation.build_id} already finished with status {validation.status}."
         )
+    if validation.scenario_id is not None:
+        lock_scenario(validation.scenario_id)
     environment = validation.environment
     run = _record_run(validation=validation, results=results, source=source)
     if applied is None:
@@ -530,7 +672,7 @@ def _status_reason(
     return "Passed: every check is within its limits."
 
 
-@transaction.atomic
+@atomic_retried
 def validation_record_error(
     *,
     validation: Validation,
@@ -545,11 +687,7 @@ def validation_record_error(
     A validation that already ended is left as it is. ``only_if_lease_expired`` is the reaper's
     guard: a worker that renewed its lease in the meantime keeps it.
     """
-    validation = (
-        Validation.objects.select_for_update(of=("self",))
-        .select_related("project", "environment")
-        .get(pk=validation.pk)
-    )
+    validation = lock_validation(validation.pk, "project", "environment")
     if not validation.is_pending:
         return validation
     if only_if_lease_expired and not (
@@ -590,7 +728,7 @@ def validation_record_error(
     return validation
 
 
-@transaction.atomic
+@atomic_retried
 def validation_block(*, validation: Validation, reason: str, actor: Actor) -> Validation:
     """Close the gate on a build by hand. The verdict, if any, is kept; only the outcome changes."""
     reason = (reason or "").strip()
@@ -598,11 +736,7 @@ def validation_block(*, validation: Validation, reason: str, actor: Actor) -> Va
         raise ServiceError(
             "A reason is required to block a build.", fields={"reason": ["This field is required."]}
         )
-    validation = (
-        Validation.objects.select_for_update(of=("self",))
-        .select_related("project", "environment")
-        .get(pk=validation.pk)
-    )
+    validation = lock_validation(validation.pk, "project", "environment")
     require_right(actor, "block_deployment", validation.project, to="block builds")
     if validation.manual_block_reason:
         return validation

@@ -1,23 +1,36 @@
 """Twenty CI jobs asking for the same build (or with the same Idempotency-Key) at the same moment
-make one validation.
+make one validation; an operator blocking a build while its bypass is approved never deadlocks.
 
 Real transactions in real threads, each with its own database connection. On SQLite writers are
 serialized anyway; the interesting run is CI's PostgreSQL pass, where they truly race.
 """
 
+import functools
+import io
 import json
+import logging
 import threading
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import connection
+from guardian.shortcuts import assign_perm
 from rest_framework.test import APIClient
 
+from gates.audit import Actor
 from gates.errors import ServiceError
 from gates.models import AuditEvent, IdempotencyKey, Run, Validation
-from gates.services import validations
+from gates.services import bypass_approve, bypass_request, validation_block, validation_request, validations
 from tests.conftest import make_token
+from tests.factories import PASSING_SUMMARY
 
 THREADS = 20
+# Before the lock order, 3 rounds in 60 deadlocked on PostgreSQL.
+BLOCK_APPROVE_ROUNDS = 60
+
+postgres_only = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="only PostgreSQL runs the two transactions concurrently"
+)
 
 
 def race(token: str, body: dict | list[dict], headers: dict | None = None) -> list[tuple[int, dict]]:
@@ -129,3 +142,58 @@ def test_a_request_that_fails_after_claiming_its_key_leaves_the_key_free_for_a_r
     retried = client.post("/api/ci-cd/performance/validate", staging_request("retry-1"), format="json")
     assert retried.status_code == 202
     assert IdempotencyKey.objects.get(key="retry-key").validation == Validation.objects.get()
+
+
+@postgres_only
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_manual_block_racing_the_approval_of_its_bypass_never_deadlocks(project, staging, add_rule, caplog):
+    """The approval used to lock the bypass, write its audit event and only then lock the
+    validation; a block locks the validation, then writes its audit event. Both now lock the
+    validation first, so neither waits for the other while holding what the other needs."""
+    add_rule("http_req_duration", threshold="p(95)<10")
+    approver = get_user_model().objects.create_user("ada-approver", password="x")
+    assign_perm("gates.approve_bypass", approver, project)
+    failures: list[str] = []
+
+    def run(barrier, service):
+        barrier.wait()
+        try:
+            service()
+        except Exception as exc:  # any escape is what a client would see as a 500
+            failures.append(repr(exc))
+        finally:
+            connection.close()
+
+    with caplog.at_level(logging.WARNING, logger="gates.services.validations"):
+        for round_ in range(BLOCK_APPROVE_ROUNDS):
+            build, _ = validation_request(
+                project=project,
+                environment=staging,
+                build_id=f"blocked-{round_}",
+                git_hash="a" * 40,
+                actor=Actor("cli", "tests"),
+                results=io.BytesIO(PASSING_SUMMARY),
+                results_format="k6-summary-export",
+            )
+            bypass = bypass_request(validation=build, justification="launch", actor=Actor("token", "ci"))
+            barrier = threading.Barrier(2)
+            approve = functools.partial(bypass_approve, bypass=bypass, approver=approver)
+            block = functools.partial(
+                validation_block, validation=build, reason="incident", actor=Actor("token", "ops")
+            )
+            threads = [threading.Thread(target=run, args=(barrier, service)) for service in (approve, block)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=60)
+
+    assert failures == []
+    assert not [record.message for record in caplog.records if "lost a lock conflict" in record.message]
+    for build in Validation.objects.all():
+        events = AuditEvent.objects.filter(
+            target_id=str(build.pk), action__in=["validation.blocked", "bypass.used"]
+        )
+        assert events.count() == 2  # both went through
+        last = events.latest("id").action
+        assert build.status == ("blocked" if last == "validation.blocked" else "bypassed")

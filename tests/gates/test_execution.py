@@ -1,6 +1,7 @@
 """Load tests run by real `manage.py qcluster` workers with the real k6 against a local target:
 verdicts, leases, dying workers, cancelling, and one run per validation."""
 
+import itertools
 import os
 import signal
 import subprocess
@@ -8,11 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+from django.db import OperationalError
 from django.utils import timezone
 from django_q.models import Schedule
 from django_q.tasks import async_task
 
 from baselines.models import Baseline
+from gates import execution
 from gates.loadtest.sample_target import start_in_thread
 from gates.models import AuditEvent, Environment, Project, Run, Scenario, ThresholdRule, Validation
 from tests.conftest import Api, make_token
@@ -277,3 +280,46 @@ def test_a_locust_scenario_runs_with_locust(gated, ci, target):
     assert outcome["status"] == "passed", outcome
     assert Run.objects.get(validation__build_id="locust-1").tool == "locust"
     assert outcome["metrics"]["http_reqs"]["count"] >= 20
+
+
+def test_a_worker_cut_off_from_the_database_tests_on_until_its_lease_would_have_run_out(
+    ci, settings, monkeypatch, tmp_path
+):
+    validation_id = validate(ci, "cut-off")["validationId"]
+    settings.PERFGATE_LEASE_SECONDS = 1.0
+    validation = execution.validation_claim(validation_id=validation_id, worker="w:1", lease_seconds=1.0)
+    run = execution.ScenarioRun(validation, "w:1", tmp_path)
+    tries = []
+
+    def unreachable(self):
+        tries.append(time.monotonic())
+        raise OperationalError("connection to server at 127.0.0.1 failed: Connection refused")
+
+    monkeypatch.setattr(execution.ScenarioRun, "_still_ours", unreachable)
+    started = time.monotonic()
+    while not run.should_stop() and time.monotonic() - started < 3:
+        run.tick(time.monotonic() - started, 0)
+        time.sleep(0.05)
+    gave_up_after = time.monotonic() - started
+    # The test went on through the outage, tried again with growing pauses (not at every tick),
+    # a last time when the lease ran out, and then stopped as a lost lease (no reason: the reaper
+    # ends the validation).
+    assert 1.0 <= gave_up_after < 1.5 and run.stop_reason == ""
+    assert 3 <= len(tries) <= 4
+    pauses = [later - earlier for earlier, later in itertools.pairwise(tries)]
+    assert 0.25 <= pauses[0] < pauses[1], pauses
+
+
+def test_status_says_when_a_running_validation_lost_its_worker(ci, settings):
+    settings.PERFGATE_WEB_REAPER_SECONDS = 0
+    validation_id = validate(ci, "lost")["validationId"]
+    execution.validation_claim(validation_id=validation_id, worker="gone:42", lease_seconds=30)
+    assert status(ci, "lost")["progress"]["leaseExpired"] is False
+    Validation.objects.filter(pk=validation_id).update(lease_expires_at=timezone.now())
+    lost = status(ci, "lost")
+    assert (lost["status"], lost["progress"]["leaseExpired"]) == ("running", True)
+    assert lost["statusReason"].startswith("The worker gone:42 stopped renewing its lease")
+    settings.PERFGATE_WEB_REAPER_SECONDS = 15
+    assert status(ci, "lost")["status"] == "running"  # this response was made before the reaping
+    assert status(ci, "lost")["status"] == "failed"
+    assert AuditEvent.objects.filter(action="validation.lease_expired").count() == 1

@@ -1,5 +1,7 @@
 """Whatever bytes arrive, every parser either returns a ResultSet or raises ParseError: never a
-KeyError, TypeError, UnicodeDecodeError, RecursionError, OverflowError or anything else."""
+KeyError, TypeError, UnicodeDecodeError, RecursionError, OverflowError or anything else. What it
+returns can be stored: every name fits its column and holds no control character (PostgreSQL
+refuses NUL, and enforces the lengths SQLite ignores)."""
 
 from __future__ import annotations
 
@@ -8,12 +10,14 @@ import copy
 import csv
 import io
 import json
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gates.results import FORMATS, ParseError, ResultSet, detect_format, parse_results
+from gates.results.common import MAX_AGGREGATION_CHARS, MAX_METRIC_CHARS, MAX_SERIES_CHARS
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -51,11 +55,25 @@ def encode(value) -> bytes:
     return json.dumps(value, allow_nan=True).encode()
 
 
+CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def assert_storable(result: ResultSet) -> None:
+    for series in result.series.values():
+        assert not CONTROL_CHARACTER.search(series.key), series.key
+        assert len(series.metric) <= MAX_METRIC_CHARS and len(series.key) <= MAX_SERIES_CHARS, series.key
+        for aggregation in series.values:
+            assert len(aggregation) <= MAX_AGGREGATION_CHARS, aggregation
+            assert not CONTROL_CHARACTER.search(aggregation), aggregation
+
+
 def outcome(data: bytes, fmt: str | None, **options) -> ResultSet | None:
     try:
-        return parse_results(io.BytesIO(data), format=fmt, name="fuzzed", **options)
+        result = parse_results(io.BytesIO(data), format=fmt, name="fuzzed", **options)
     except ParseError:
         return None
+    assert_storable(result)
+    return result
 
 
 @FUZZ
@@ -467,3 +485,102 @@ def test_invalid_utf8_is_a_parse_error_or_replaced_in_labels():
     assert outcome(b'{"metrics": {"\xff\xfe": {"count": 1, "rate": 1}}}', "k6-summary-export") is None
     result = outcome(b"timeStamp,elapsed,label,success\n1795516249146,13,caf\xe9,true\n", None)
     assert result.series["http_req_duration{name:caf\ufffd}"].samples == 1
+
+
+def nested(depth: int) -> str:
+    return '{"a":' * depth + "1" + "}" * depth
+
+
+def with_note(document: str, note: str) -> bytes:
+    """A results document with an extra, ignored ``note`` two levels down (state, or an entry)."""
+    return document.replace('"NOTE"', note).encode()
+
+
+DOCUMENTS_WITH_A_NOTE = {
+    "k6-summary-export": '{"metrics": {"http_reqs": {"count": 10, "rate": 1}}, '
+    '"state": {"testRunDurationMs": 9, "note": "NOTE"}}',
+    "k6-handle-summary": '{"metrics": {"http_reqs": {"type": "counter", "contains": "default", "values": '
+    '{"count": 10, "rate": 1}}}, "state": {"testRunDurationMs": 9, "note": "NOTE"}}',
+    "locust-json": '[{"name": "guests", "method": "GET", "num_requests": 1, "num_failures": 0, '
+    '"total_response_time": 9, "max_response_time": 9, "min_response_time": 9, "response_times": {"9": 1}, '
+    '"start_time": 1795516705.4, "last_request_timestamp": 1795516706.4, "note": "NOTE"}]',
+}
+
+
+@pytest.mark.parametrize("fmt", list(DOCUMENTS_WITH_A_NOTE))
+@pytest.mark.parametrize("detect", [False, True])
+def test_json_nested_more_than_64_levels_is_a_parse_error(fmt, detect):
+    document = DOCUMENTS_WITH_A_NOTE[fmt]
+    # Two levels above the note: 62 more make 64 in all, the most that is read.
+    assert outcome(with_note(document, nested(62)), None if detect else fmt) is not None
+    for depth in (63, 1_000):
+        with pytest.raises(ParseError, match="depth limit exceeded"):
+            parse_results(io.BytesIO(with_note(document, nested(depth))), format=None if detect else fmt)
+
+
+# Unstorable whether the name is a metric (k6) or a label, a tag of http_req_duration (JMeter).
+UNSTORABLE_NAMES = [
+    "http_req\x00duration",
+    "http_req\tduration",
+    "vus\x7f",
+    "m" * (MAX_SERIES_CHARS + 1),
+    "http_req_duration{name:" + "x" * (MAX_SERIES_CHARS - 23) + "}",
+    "http_req_duration{name:a\x00b}",
+]
+
+
+def name_in_every_format(name: str) -> dict[str, bytes]:
+    """One results file per format whose one metric (or label, for Locust and JMeter) is ``name``."""
+    summary = {"metrics": {name: {"count": 10, "rate": 1.0}}}
+    handle = {"metrics": {name: {"type": "counter", "contains": "default", "values": {"count": 10}}}}
+    point = {
+        "type": "Point",
+        "metric": name,
+        "data": {"time": "2026-11-24T10:00:00Z", "value": 1, "tags": {}},
+    }
+    text = io.StringIO()
+    csv.writer(text).writerows(
+        [["timeStamp", "elapsed", "label", "success"], ["1795516249146", "13", name, "true"]]
+    )
+    return {
+        "k6-summary-export": json.dumps(summary).encode(),
+        "k6-handle-summary": json.dumps(handle).encode(),
+        "k6-ndjson": json.dumps(point).encode() + b"\n",
+        "jmeter-jtl": text.getvalue().encode(),
+    }
+
+
+@pytest.mark.parametrize("name", UNSTORABLE_NAMES)
+def test_a_metric_name_that_cannot_be_stored_is_a_parse_error_in_every_format(name):
+    for fmt, data in name_in_every_format(name).items():
+        with pytest.raises(ParseError, match="impossible metric name"):
+            parse_results(io.BytesIO(data), format=fmt)
+
+
+def test_a_metric_name_longer_than_its_column_is_a_parse_error():
+    data = name_in_every_format("m" * (MAX_METRIC_CHARS + 1))["k6-summary-export"]
+    with pytest.raises(ParseError, match=f"a metric name has at most {MAX_METRIC_CHARS} characters"):
+        parse_results(io.BytesIO(data), format="k6-summary-export")
+
+
+def test_the_longest_names_that_fit_their_columns_are_read():
+    longest_metric = "m" * MAX_METRIC_CHARS
+    longest_series = "http_req_duration{name:" + "x" * (MAX_SERIES_CHARS - 24) + "}"
+    for name in (longest_metric, longest_series):
+        result = outcome(name_in_every_format(name)["k6-summary-export"], "k6-summary-export")
+        assert [series.key for series in result.series.values()] == [name]
+
+
+@pytest.mark.parametrize("aggregation", ["p(95\x00)", "p(" + "9" * (MAX_AGGREGATION_CHARS - 2) + ")"])
+def test_an_aggregation_name_that_cannot_be_stored_is_a_parse_error(aggregation):
+    handle = {"metrics": {"http_reqs": {"type": "trend", "contains": "time", "values": {aggregation: 1}}}}
+    with pytest.raises(ParseError, match="impossible aggregation name"):
+        parse_results(io.BytesIO(json.dumps(handle).encode()), format="k6-handle-summary")
+
+
+@FUZZ
+@given(name=st.sampled_from(UNSTORABLE_NAMES) | st.text(max_size=320), fmt=st.sampled_from(FORMATS))
+def test_any_metric_name_gives_a_storable_result_or_a_parse_error(name, fmt):
+    data = name_in_every_format(name).get(fmt)
+    if data is not None:
+        outcome(data, fmt)
