@@ -106,6 +106,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("TEST", {})["NAME"] = str(_sqlite.with_name(f"test-{_sqlite.name}"))
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
+    # A kept (or, with DATABASE_POOL, pooled) connection is checked before a request reuses it:
+    # after a database restart the first request opens a new one instead of failing on the broken
+    # one (a round trip per request).
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     if env.bool("DATABASE_PREPARED_STATEMENTS", default=True):
         # Queries are sent with server-side parameters and prepared after a few runs, so the hot
         # paths (status polling, uploads) skip PostgreSQL's planner. Turn off behind a
@@ -127,6 +131,7 @@ if DATABASE_POOL and DATABASES["default"]["ENGINE"] == "django.db.backends.postg
         "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=10),
         "timeout": 30,
     }
+    # With CONN_HEALTH_CHECKS (above) Django has the pool check each connection as it leaves it.
 # Long-polls (status?wait=N) waiting at once per token, per process; beyond it 429 with Retry-After.
 PERFGATE_MAX_WAITERS_PER_TOKEN = env.int("PERFGATE_MAX_WAITERS_PER_TOKEN", default=20)
 # Seconds between the long-poll hub's looks at the statuses waited on: always on SQLite, on
