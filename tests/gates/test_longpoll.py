@@ -282,7 +282,15 @@ async def long_polls_and_probes(url: str, token: str, builds: list[str], decide,
             started = time.monotonic()
             async with session.get(f"{url}/healthz") as response:
                 probes.append((response.status, time.monotonic() - started))
-        threads = max(threads_of(pid) for pid in worker_pids(server_pid))
+        # Each waiter's thread ends once its request reached the wait; on a busy machine some may
+        # still be on their way there, so look for up to 10 s (the waits last 20 s): a server that
+        # keeps a thread per waiter never gets below the bound.
+        deadline = time.monotonic() + 10
+        while True:
+            threads = max(threads_of(pid) for pid in worker_pids(server_pid))
+            if threads < WAITERS // 2 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
         pending_after_probes = sum(not poll.done() for poll in polls)
         await asyncio.to_thread(decide)
         decided_at = time.monotonic()
