@@ -90,6 +90,29 @@ def recreate_database(url: str) -> None:
         conn.execute(f'CREATE DATABASE "{name}"')
 
 
+def prepared_environment(database_url: str, redis_url: str, **settings: str) -> dict:
+    """The environment of a benchmark's server processes, on a new database with the demo's
+    configuration, migrated; rate limits out of the way, ``settings`` on top."""
+    recreate_database(database_url)
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "REDIS_URL"},
+        "DATABASE_URL": database_url,
+        "DEBUG": "false",
+        "SECRET_KEY": "bench-" + "x" * 50,
+        "PERFGATE_SECRETS_KEYS": "YmVuY2gtYmVuY2gtYmVuY2gtYmVuY2gtYmVuY2gtMzI=",
+        "PERFGATE_API_RATE": "100000000/min",
+        "LOG_LEVEL": "WARNING",
+        **settings,
+    }
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    print("==> preparing the database", flush=True)
+    manage(env, "migrate", "--verbosity", "0")
+    manage(env, "createcachetable")
+    manage(env, "apply_config", str(ROOT / "gates" / "demo" / "perfgate.yaml"))
+    return env
+
+
 def k6_summary(workdir: Path) -> dict:
     """A real k6 summary export to upload, from a short run against the sample target."""
     from gates.loadtest.sample_target import start_in_thread
@@ -134,23 +157,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    recreate_database(args.database_url)
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in ("REDIS_URL",)},
-        "DJANGO_SETTINGS_MODULE": "bench.settings",
-        "DATABASE_URL": args.database_url,
-        "DEBUG": "false",
-        "SECRET_KEY": "bench-" + "x" * 50,
-        "PERFGATE_SECRETS_KEYS": "YmVuY2gtYmVuY2gtYmVuY2gtYmVuY2gtYmVuY2gtMzI=",
-        "PERFGATE_API_RATE": "100000000/min",
-        "LOG_LEVEL": "WARNING",
-    }
-    if args.redis_url:
-        env["REDIS_URL"] = args.redis_url
-    print("==> preparing the database", flush=True)
-    manage(env, "migrate", "--verbosity", "0")
-    manage(env, "createcachetable")
-    manage(env, "apply_config", str(ROOT / "gates" / "demo" / "perfgate.yaml"))
+    env = prepared_environment(args.database_url, args.redis_url, DJANGO_SETTINGS_MODULE="bench.settings")
     token = manage(env, "create_api_token", "--project", "wedsync-web", "--role", "ops", capture=True).strip()
 
     with tempfile.TemporaryDirectory(prefix="perfgate-bench-summary-") as workdir:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import re
 import signal
 import statistics
@@ -37,7 +36,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.api import free_port, k6_summary, manage, recreate_database  # noqa: E402
+from bench.api import free_port, k6_summary, manage, prepared_environment  # noqa: E402
 
 PENDING = ("queued", "running")
 UPLOADS = itertools.count()
@@ -305,23 +304,7 @@ def main() -> None:
     parser.add_argument("--reads-per-second", type=float, default=50.0)
     args = parser.parse_args()
 
-    recreate_database(args.database_url)
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "REDIS_URL"},
-        "DATABASE_URL": args.database_url,
-        "DEBUG": "false",
-        "SECRET_KEY": "bench-" + "x" * 50,
-        "PERFGATE_SECRETS_KEYS": "YmVuY2gtYmVuY2gtYmVuY2gtYmVuY2gtYmVuY2gtMzI=",
-        "PERFGATE_API_RATE": "100000000/min",
-        "LOG_LEVEL": "WARNING",
-        "Q_CLUSTER_NAME": "perfgate-longpoll-bench",
-    }
-    if args.redis_url:
-        env["REDIS_URL"] = args.redis_url
-    print("==> preparing the database", flush=True)
-    manage(env, "migrate", "--verbosity", "0")
-    manage(env, "createcachetable")
-    manage(env, "apply_config", str(ROOT / "gates" / "demo" / "perfgate.yaml"))
+    env = prepared_environment(args.database_url, args.redis_url, Q_CLUSTER_NAME="perfgate-longpoll-bench")
     ops_token, *tokens = manage(
         env, "shell", "--no-imports", "-c", TOKENS_SCRIPT.format(count=args.tokens), capture=True
     ).split()

@@ -55,18 +55,18 @@ import json
 import math
 import re
 import secrets
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.fake_http import KeepAliveHandler, QuietServer
 
 API_VERSION = "2022-11-28"
 DOCS = "https://docs.github.com/rest"
@@ -1098,20 +1098,11 @@ def _json_object(request: Recorded) -> dict:
     return request.json
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(QuietServer):
     fake: FakeGitHub
 
-    def handle_error(self, request, client_address):
-        # A client that gave up (a timeout) is not a server error worth a traceback.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
 
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
+class _Handler(KeepAliveHandler):
     def version_string(self):
         return "GitHub.com"
 
@@ -1119,8 +1110,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _handle(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        body = self.read_body()
         try:
             parsed = json.loads(body) if body.strip() else None
         except ValueError:

@@ -59,17 +59,17 @@ import json
 import math
 import re
 import secrets
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import requests
+
+from tests.fake_http import KeepAliveHandler, QuietServer
 
 TEAM_ID = "team_Wq3x8PzN5bKd2LmR7tYv1cHe"
 TEAM_SLUG = "acme"
@@ -1171,20 +1171,11 @@ def _json_object(request: Recorded, *, required: bool = False) -> dict:
     return request.json
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(QuietServer):
     fake: FakeVercel
 
-    def handle_error(self, request, client_address):
-        # A client that gave up (a timeout) is not a server error worth a traceback.
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
 
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
+class _Handler(KeepAliveHandler):
     def version_string(self):
         return "Vercel"
 
@@ -1192,8 +1183,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _handle(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
+        body = self.read_body()
         try:
             parsed = json.loads(body) if body.strip() else None
         except ValueError:
