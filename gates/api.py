@@ -9,31 +9,56 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import logging
 import re
 from dataclasses import dataclass
 
 import orjson
 from asgiref.sync import AsyncToSync, SyncToAsync, sync_to_async
-from django.db import connection
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
 from django.http import JsonResponse, QueryDict
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_serializer
-from rest_framework import serializers, status
+from django.utils import timezone
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_serializer,
+)
+from rest_framework import exceptions, serializers, status
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from baselines.services import baseline_request
 from gates import selectors, waiting
-from gates.documents import summary_metrics, validation_links
+from gates.audit import Actor
+from gates.documents import summary_metrics, validation_links, watch_document
 from gates.errors import NotFound, NotPermitted, ServiceError
-from gates.models import BypassRequest, Environment, Project, Severity, Validation, Verdict
+from gates.models import (
+    BypassRequest,
+    Environment,
+    Notice,
+    Probe,
+    Project,
+    Rollback,
+    Severity,
+    Validation,
+    Verdict,
+    Watch,
+)
 from gates.results import FORMATS
+from gates.results.common import MAX_JSON_DEPTH, holds_nul, nested_too_deep
 from gates.services import bypass_request, validation_block, validation_cancel, validation_request
-from integrations.auth import CanBlock, IsOpsToken
-from integrations.models import ApiToken
+from gates.services.watches import watch_alerted, watch_for_alert, watch_start
+from integrations.auth import CanBlock, IsMonitoringToken, IsOpsToken
+from integrations.models import ApiToken, WebhookDelivery
 from perfgate_site.api import StrictSerializer, error_body, json_object
 from perfgate_site.limits import LimitedJSONParser
+
+logger = logging.getLogger(__name__)
 
 SLUG = r"^[a-z0-9][a-z0-9-]{0,99}$"
 BUILD_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,199}$"
@@ -96,6 +121,121 @@ class CheckSerializer(serializers.Serializer):
     changePct = serializers.FloatField(allow_null=True)
     pValue = serializers.FloatField(allow_null=True)
     reason = serializers.CharField()
+
+
+@extend_schema_serializer(component_name="Watch")
+class WatchSerializer(serializers.Serializer):
+    """A watch of a deployment after it reached production: its state, policy, probe counters,
+    last probe, rollback and latest notices. The one definition of the watch document (built by
+    ``gates.documents.watch_document``): ``POST …/watch`` answers with it and ``status`` shows it
+    as ``watch``."""
+
+    @extend_schema_serializer(component_name="WatchPolicy")
+    class Policy(serializers.Serializer):
+        """The environment's watch policy when the watch began (perfgate.yaml's names)."""
+
+        scenario = serializers.CharField(allow_null=True, help_text="The probe scenario.")
+        initialDelay = serializers.IntegerField(help_text="Seconds from the start to the first probe.")
+        interval = serializers.IntegerField(help_text="Seconds between probes.")
+        window = serializers.IntegerField(help_text="Seconds watched, from the first probe.")
+        failureLimit = serializers.IntegerField(help_text="More failed probes than this: degraded.")
+        consecutive = serializers.BooleanField(help_text="Only failures in a row count.")
+        inconclusiveLimit = serializers.IntegerField(
+            help_text="More inconclusive probes than this: a person decides."
+        )
+        consecutiveErrorLimit = serializers.IntegerField(
+            help_text="More probes in a row that cannot run than this: the watch stops (never a rollback)."
+        )
+        dryRun = serializers.BooleanField(help_text="Record what would be done; never roll back.")
+        autoRollback = serializers.BooleanField(
+            help_text="A degraded deployment is rolled back at once; otherwise a person approves."
+        )
+
+    @extend_schema_serializer(component_name="WatchProbeCounts")
+    class Probes(serializers.Serializer):
+        run = serializers.IntegerField()
+        failures = serializers.IntegerField()
+        consecutiveFailures = serializers.IntegerField()
+        inconclusive = serializers.IntegerField()
+        errors = serializers.IntegerField(help_text="Probes that could not run or measured nothing.")
+        consecutiveErrors = serializers.IntegerField()
+
+    @extend_schema_serializer(component_name="WatchProbe")
+    class LastProbe(serializers.Serializer):
+        number = serializers.IntegerField()
+        trigger = serializers.ChoiceField(Probe.Trigger.values)
+        outcome = serializers.ChoiceField(Probe.Outcome.values)
+        reason = serializers.CharField(allow_blank=True)
+        finishedAt = serializers.DateTimeField()
+
+    @extend_schema_serializer(component_name="WatchRollback")
+    class RollbackDocument(serializers.Serializer):
+        state = serializers.ChoiceField(Rollback.State.values)
+        trigger = serializers.ChoiceField(Rollback.Trigger.values)
+        via = serializers.CharField(allow_blank=True, help_text='"vercel" or "github" once one took it.')
+        targetBuildId = serializers.CharField(
+            allow_null=True, help_text="The earlier passed production build it goes back to."
+        )
+        reason = serializers.CharField(allow_blank=True)
+        detail = serializers.CharField(allow_blank=True)
+        decidedBy = serializers.CharField(allow_blank=True)
+        finishedAt = serializers.DateTimeField(allow_null=True)
+
+    @extend_schema_serializer(component_name="WatchNotice")
+    class NoticeDocument(serializers.Serializer):
+        level = serializers.ChoiceField(Notice.Level.values)
+        title = serializers.CharField()
+        createdAt = serializers.DateTimeField()
+
+    watchId = serializers.IntegerField()
+    validationId = serializers.UUIDField()
+    project = serializers.CharField()
+    environment = serializers.CharField()
+    buildId = serializers.CharField()
+    state = serializers.ChoiceField(Watch.State.values)
+    stateReason = serializers.CharField(allow_blank=True)
+    source = serializers.ChoiceField(Watch.Source.values)
+    deploymentId = serializers.CharField(allow_blank=True)
+    targetUrl = serializers.CharField(help_text="What the probes hit.")
+    startedAt = serializers.DateTimeField()
+    nextProbeAt = serializers.DateTimeField(allow_null=True, help_text="Null once the watch has ended.")
+    endsAt = serializers.DateTimeField(help_text="The window's end: no scheduled probe starts later.")
+    finishedAt = serializers.DateTimeField(allow_null=True)
+    dryRun = serializers.BooleanField()
+    wouldRollBack = serializers.BooleanField(help_text="Dry run: a real watch would have rolled back.")
+    policy = Policy()
+    probes = Probes()
+    baseline = serializers.CharField(help_text="Where the probe baseline comes from.")
+    lastProbe = LastProbe(allow_null=True)
+    rollback = RollbackDocument(allow_null=True)
+    notices = NoticeDocument(many=True, help_text="The latest notices, newest first (at most 5).")
+
+    def to_representation(self, watch):
+        return super().to_representation(watch_document(watch))
+
+
+_WATCH_DOCUMENT = WatchSerializer()
+
+
+def _watch_of(validation: Validation) -> Watch | None:
+    """The watch of a validation's deployment, if it has one: one query, and none at all while
+    the validation is pending (a deployment is watched only once it was let out)."""
+    if validation.is_pending:
+        return None
+    watch = (
+        Watch.objects.filter(validation_id=validation.pk)
+        .select_related("rollback__target_validation")
+        .order_by("-created_at")
+        .first()
+    )
+    if watch is not None:
+        # The validation as the caller read it, with what it already knows of its relations.
+        watch.validation, watch.project, watch.environment = (
+            validation,
+            validation.project,
+            validation.environment,
+        )
+    return watch
 
 
 @extend_schema_serializer(component_name="Validation")
@@ -189,11 +329,20 @@ class ValidationSerializer(serializers.Serializer):
         help_text="Gate-run mode only: the A/B loop's outcome; null in history mode.",
     )
     progress = Progress(source="live_progress", allow_null=True)
+    watch = serializers.SerializerMethodField(
+        help_text="The watch of this deployment after it reached production (POST …/watch, a Vercel "
+        "promotion or a GitHub deployment); null when it is not watched."
+    )
     estimatedCompletion = serializers.DateTimeField(source="live_estimated_completion", allow_null=True)
     createdAt = serializers.DateTimeField(source="created_at")
     startedAt = serializers.DateTimeField(source="started_at", allow_null=True)
     finishedAt = serializers.DateTimeField(source="finished_at", allow_null=True)
     links = Links(source="*")
+
+    @extend_schema_field(WatchSerializer(allow_null=True))
+    def get_watch(self, validation):
+        watch = _watch_of(validation)
+        return None if watch is None else _WATCH_DOCUMENT.to_representation(watch)
 
 
 def scope(
@@ -827,3 +976,305 @@ class RegressionView(APIView):
         project, environment = scope(request.auth, query.get("project"), query["environment"])
         validation = selectors.validation_for_build(project, query["buildId"], environment.name)
         return Response(self.OutputSerializer(selectors.regression_report(validation)).data)
+
+
+class WatchView(APIView):
+    """Start watching a deployment once it serves production: gentle probes every interval for a
+    window, and a rollback by policy when it degrades. The validation of the build must have let
+    the deployment out. Asking again for the same build answers with its watch (200)."""
+
+    @extend_schema_serializer(component_name="WatchRequest")
+    class InputSerializer(StrictSerializer):
+        project = serializers.RegexField(SLUG, max_length=100)
+        buildId = serializers.RegexField(BUILD_ID, max_length=200)
+        environment = serializers.ChoiceField(Environment.Name.values, required=False, default="production")
+        deploymentUrl = serializers.URLField(
+            max_length=500,
+            required=False,
+            allow_blank=True,
+            default="",
+            help_text="What the probes hit (allowlisted like a targetUrl); default: the validation's "
+            "targetUrl, else the probe scenario's.",
+        )
+        deploymentId = serializers.CharField(
+            max_length=200,
+            required=False,
+            allow_blank=True,
+            default="",
+            help_text="The provider's deployment id; default: the validation's "
+            "deploymentContext.deploymentId.",
+        )
+        baselineUrl = serializers.URLField(
+            max_length=500,
+            required=False,
+            allow_blank=True,
+            default="",
+            help_text="The previous production deployment, probed for a baseline before the first probe "
+            "when no earlier healthy watch gives one.",
+        )
+
+    @extend_schema(
+        operation_id="watch",
+        request=InputSerializer,
+        responses={
+            200: OpenApiResponse(WatchSerializer, description="The build's deployment was already watched."),
+            201: OpenApiResponse(WatchSerializer, description="The watch started."),
+            **errors(400, 403, 404, 409),
+        },
+    )
+    def post(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        payload = serializer.validated_data
+        project, environment = scope(request.auth, payload["project"], payload["environment"])
+        validation = selectors.validation_for_build(project, payload["buildId"], environment.name)
+        existed = validation.watches.exists()
+        watch = watch_start(
+            validation=validation,
+            actor=request.user.actor,
+            source=Watch.Source.CI,
+            deployment_id=payload["deploymentId"],
+            deployment_url=payload["deploymentUrl"],
+            baseline_url=payload["baselineUrl"],
+        )
+        return Response(
+            _WATCH_DOCUMENT.to_representation(watch),
+            status=status.HTTP_200_OK if existed else status.HTTP_201_CREATED,
+        )
+
+
+# What became of one alert of a delivery (AlertsView's response says it per alert).
+ALERT_OUTCOMES = {
+    "probe_queued": "a probe confirms the alert now",
+    "rollback_decided": "a rollback of this deployment was already decided; nothing more is done",
+    "recorded": "resolved; recorded",
+    "not_watched": "no watched deployment",
+    "ignored": "ignored",
+}
+
+
+class AlertsView(APIView):
+    """Prometheus Alertmanager's webhook (payload version 4), with a ``monitoring`` token as its
+    bearer (Alertmanager's ``http_config``). A firing alert whose labels name this token's project
+    and one of its environments starts a rollback evaluation of the deployment watched there: a
+    probe runs at once to confirm it (in a task; this answers at once). Resolved alerts are
+    recorded. The body is read tolerantly: older senders leave fields out, newer ones add some
+    (``notification_reason``), and what perfgate does not know is ignored.
+
+    Each delivery is stored once (``WebhookDelivery``, provider ``alertmanager``), keyed by its
+    group, status and alerts (fingerprint, startsAt, endsAt): Alertmanager sends a group again on
+    every ``repeat_interval`` and retries failed sends, and a repeat changes nothing.
+
+    The labels read are the settings ``PERFGATE_ALERT_PROJECT_LABEL`` (``service``) and
+    ``PERFGATE_ALERT_ENVIRONMENT_LABEL`` (``environment``). In alertmanager.yml::
+
+        receivers:
+          - name: perfgate
+            webhook_configs:
+              - url: https://perfgate.example.com/api/ci-cd/performance/alerts
+                http_config:
+                  authorization: {type: Bearer, credentials_file: /etc/alertmanager/perfgate-token}
+    """
+
+    permission_classes = [IsMonitoringToken]
+
+    @extend_schema_serializer(component_name="AlertmanagerWebhook")
+    class InputSerializer(serializers.Serializer):
+        """Alertmanager's webhook body; every field but ``alerts`` may be missing, and fields it
+        does not list are ignored."""
+
+        @extend_schema_serializer(component_name="AlertmanagerAlert")
+        class Alert(serializers.Serializer):
+            status = serializers.ChoiceField(["firing", "resolved"])
+            labels = serializers.DictField(
+                child=serializers.CharField(allow_blank=True), required=False, default=dict
+            )
+            annotations = serializers.DictField(
+                child=serializers.CharField(allow_blank=True), required=False, default=dict
+            )
+            startsAt = serializers.CharField(required=False, allow_blank=True, default="")
+            endsAt = serializers.CharField(required=False, allow_blank=True, default="")
+            generatorURL = serializers.CharField(required=False, allow_blank=True, default="")
+            fingerprint = serializers.CharField(required=False, allow_blank=True, default="")
+
+        version = serializers.CharField(required=False, allow_blank=True)
+        groupKey = serializers.CharField(required=False, allow_blank=True, default="")
+        truncatedAlerts = serializers.IntegerField(
+            required=False, min_value=0, default=0, help_text="Alerts Alertmanager left out (max_alerts)."
+        )
+        status = serializers.ChoiceField(["firing", "resolved"], required=False)
+        receiver = serializers.CharField(required=False, allow_blank=True, default="")
+        groupLabels = serializers.DictField(child=serializers.CharField(allow_blank=True), required=False)
+        commonLabels = serializers.DictField(child=serializers.CharField(allow_blank=True), required=False)
+        commonAnnotations = serializers.DictField(
+            child=serializers.CharField(allow_blank=True), required=False
+        )
+        externalURL = serializers.CharField(required=False, allow_blank=True)
+        notification_reason = serializers.CharField(required=False, allow_blank=True)
+        alerts = Alert(many=True)
+
+    @extend_schema_serializer(component_name="AlertsReceived")
+    class OutputSerializer(serializers.Serializer):
+        @extend_schema_serializer(component_name="AlertOutcome")
+        class Outcome(serializers.Serializer):
+            fingerprint = serializers.CharField(allow_blank=True)
+            alertname = serializers.CharField(allow_blank=True)
+            status = serializers.ChoiceField(["firing", "resolved"])
+            project = serializers.CharField(allow_null=True)
+            environment = serializers.CharField(allow_null=True)
+            outcome = serializers.ChoiceField(
+                list(ALERT_OUTCOMES),
+                help_text="probe_queued: a probe confirms it now; rollback_decided: a rollback of that "
+                "deployment was already decided, nothing more is done; recorded: a resolved alert; "
+                "not_watched: no watched deployment there; ignored: the labels name nothing this "
+                "token may act on.",
+            )
+            watchId = serializers.IntegerField(allow_null=True)
+            detail = serializers.CharField()
+
+        status = serializers.ChoiceField(
+            ["processed", "ignored", "duplicate"],
+            help_text="duplicate: this very delivery was received before, and nothing was done again.",
+        )
+        delivery = serializers.CharField(help_text="The delivery's key: a SHA-256 of its group and alerts.")
+        truncatedAlerts = serializers.IntegerField()
+        alerts = Outcome(many=True)
+
+    @extend_schema(
+        operation_id="alerts",
+        summary="Prometheus Alertmanager webhook (a monitoring token only)",
+        request=InputSerializer,
+        responses={200: OutputSerializer, **errors(400, 403, 413)},
+    )
+    def post(self, request):
+        data = request.data
+        if nested_too_deep(data):
+            raise exceptions.ParseError(
+                f"The JSON is nested more than {MAX_JSON_DEPTH} levels deep (depth limit exceeded)."
+            )
+        if holds_nul(data):
+            raise exceptions.ParseError(
+                "The body holds a NUL character (\\u0000), which perfgate cannot store."
+            )
+        serializer = self.InputSerializer(data=data)
+        serializer.is_valid(raise_exception=True)
+        received = alerts_receive(
+            token=request.auth, actor=request.user.actor, body=serializer.validated_data, payload=data
+        )
+        return Response(self.OutputSerializer(received).data)
+
+
+def alert_delivery_id(body: dict) -> str:
+    """The key of one Alertmanager delivery: its group, status and alerts. A retried send and a
+    repeat of an unchanged group have the same key."""
+    alerts = sorted(
+        (alert.get("fingerprint", ""), alert.get("startsAt", ""), alert.get("endsAt", ""))
+        for alert in body["alerts"]
+    )
+    key = orjson.dumps([body.get("groupKey", ""), body.get("status", ""), alerts])
+    return hashlib.sha256(key).hexdigest()
+
+
+def alerts_receive(*, token: ApiToken, actor: Actor, body: dict, payload: dict) -> dict:
+    """Store an Alertmanager delivery once and act on each alert, in one transaction: a repeated
+    delivery is answered "duplicate" with nothing done, and a failure leaves nothing stored (the
+    sender retries). Each watched deployment gets one confirming probe per delivery, however many
+    of its alerts fire (``watch_alerted`` queues it after the commit)."""
+    delivery_id = alert_delivery_id(body)
+    answer = {"delivery": delivery_id, "truncatedAlerts": body.get("truncatedAlerts", 0)}
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                delivery = WebhookDelivery.objects.create(
+                    provider="alertmanager",
+                    delivery_id=delivery_id,
+                    event="alert",
+                    action=body.get("status", "")[:100],
+                    payload=payload,
+                    state=WebhookDelivery.State.PROCESSED,
+                    processed_at=timezone.now(),
+                )
+        except IntegrityError:
+            return {**answer, "status": "duplicate", "alerts": []}
+        alerted: dict[int, str] = {}
+        outcomes = [_alert_outcome(token, actor, body, alert, alerted) for alert in body["alerts"]]
+        acted = any(outcome["outcome"] != "ignored" for outcome in outcomes)
+        delivery.state = WebhookDelivery.State.PROCESSED if acted else WebhookDelivery.State.IGNORED
+        delivery.result = "\n".join(
+            f"{o['alertname'] or '?'} {o['fingerprint'] or '?'} ({o['status']}): {o['outcome']}: "
+            f"{o['detail']}"
+            for o in outcomes
+        )[:10_000]
+        delivery.save(update_fields=["state", "result"])
+    return {**answer, "status": "processed" if acted else "ignored", "alerts": outcomes}
+
+
+def _alert_outcome(token: ApiToken, actor: Actor, body: dict, alert: dict, alerted: dict[int, str]) -> dict:
+    """What one alert of a delivery does; ``alerted`` holds the watches this delivery has already
+    asked for a probe ({watch id: outcome})."""
+    labels = alert["labels"]
+    project_slug = labels.get(settings.PERFGATE_ALERT_PROJECT_LABEL) or None
+    environment_name = labels.get(settings.PERFGATE_ALERT_ENVIRONMENT_LABEL) or None
+    outcome = {
+        "fingerprint": alert["fingerprint"],
+        "alertname": labels.get("alertname", ""),
+        "status": alert["status"],
+        "project": project_slug,
+        "environment": environment_name,
+        "watchId": None,
+    }
+
+    def said(kind: str, detail: str) -> dict:
+        return {**outcome, "outcome": kind, "detail": detail}
+
+    project = token.project
+    if project_slug is None or environment_name is None:
+        missing = (
+            settings.PERFGATE_ALERT_PROJECT_LABEL
+            if project_slug is None
+            else settings.PERFGATE_ALERT_ENVIRONMENT_LABEL
+        )
+        return said("ignored", f"The alert has no {missing!r} label naming a project and an environment.")
+    if project_slug != project.slug:
+        logger.warning(
+            "An alert names project %r, but the monitoring token %r belongs to %s: ignored.",
+            project_slug[:100],
+            token.name,
+            project.slug,
+        )
+        return said("ignored", f"The alert names project {project_slug!r}; this token is {project.slug}'s.")
+    environment = project.environments.filter(name=environment_name).first()
+    if environment is None:
+        return said("ignored", f"Project {project.slug} has no environment {environment_name!r}.")
+    if not token.allows_environment(environment.name):
+        return said("ignored", f"This token may not touch {project.slug}/{environment.name}.")
+    watch = watch_for_alert(project=project, environment=environment)
+    if alert["status"] == "resolved":
+        if watch is not None:
+            outcome["watchId"] = watch.pk
+        return said("recorded", "Resolved; recorded with this delivery.")
+    if watch is None:
+        return said(
+            "not_watched",
+            f"No deployment of {project.slug}/{environment.name} is watched: nothing to confirm.",
+        )
+    outcome["watchId"] = watch.pk
+    build = watch.validation.build_id
+    if watch.pk in alerted:
+        kind = alerted[watch.pk]
+        return said(kind, f"Build {build}: this delivery already asked about it ({ALERT_OUTCOMES[kind]}).")
+    probing = watch_alerted(
+        watch=watch,
+        actor=actor,
+        alert={
+            "alertname": outcome["alertname"][:200],
+            "fingerprint": alert["fingerprint"][:100],
+            "starts_at": alert["startsAt"][:40],
+            "summary": alert["annotations"].get("summary", "")[:500],
+            "group_key": body.get("groupKey", "")[:500],
+            "receiver": body.get("receiver", "")[:200],
+        },
+    )
+    kind = "probe_queued" if probing else "rollback_decided"
+    alerted[watch.pk] = kind
+    return said(kind, f"Build {build}: {ALERT_OUTCOMES[kind]}.")

@@ -72,6 +72,8 @@ class Change:
 
 
 def _show(value) -> str:
+    if isinstance(value, Scenario):
+        return repr(value.name)
     if isinstance(value, str) and "\n" in value:
         return f"<{len(value.splitlines())} lines>"
     return repr(value)
@@ -110,6 +112,11 @@ def _warmup_seconds(value) -> int:
     return 0 if value in (None, 0) else _seconds(value)
 
 
+def _delay_seconds(value) -> int:
+    # 0 (or "0s") is "at once"; any other value is a duration of whole seconds. Never null.
+    return 0 if parse_duration(value) == 0 else _seconds(value)
+
+
 _DURATION_SCHEMA = {
     "anyOf": [
         {"type": "string", "pattern": r"^\s*([0-9]+(\.[0-9]+)?(ms|s|m|h))+\s*$"},
@@ -144,7 +151,14 @@ WarmupSeconds = Annotated[
     PlainValidator(_warmup_seconds),
     WithJsonSchema({"anyOf": [*_DURATION_SCHEMA["anyOf"], {"const": 0}, {"type": "null"}]}),
 ]
+DelaySeconds = Annotated[
+    int,
+    PlainValidator(_delay_seconds),
+    WithJsonSchema({"anyOf": [*_DURATION_SCHEMA["anyOf"], {"const": 0}]}),
+]
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+WORKFLOW_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,195}\.ya?ml$")
+WorkflowFile = _matching(WORKFLOW_FILE, "workflow file name (e.g. rollback.yml)", required=False)
 EnvironmentName = Literal[tuple(Environment.Name.values)]
 ToolName = Literal[tuple(Scenario.Tool.values)]
 SeverityName = Literal[tuple(Severity.values)]
@@ -173,6 +187,55 @@ class _Section(BaseModel):
         return data
 
 
+class WatchConfig(_Section):
+    """Watching a deployment after it reaches this environment: a gentle probe scenario runs every
+    interval for a window (Argo Rollouts' analysis semantics). A probe that cannot run is an
+    error, never a failure: errors tell people and never roll back."""
+
+    scenario: str = Field(min_length=1, description="The probe scenario, a scenario of this project.")
+    initial_delay: DelaySeconds = Field(default=60, description="From the promotion to the first probe.")
+    interval: Seconds = Field(default=60, description="Between probes.")
+    window: Seconds = Field(
+        default=900, description="How long the deployment is watched, from the first probe."
+    )
+    failure_limit: int = Field(
+        default=2,
+        ge=0,
+        le=1000,
+        description="More failed probes than this: degraded (rolled back by policy).",
+    )
+    consecutive: bool = Field(default=True, description="Count only failures in a row towards failureLimit.")
+    inconclusive_limit: int = Field(
+        default=2, ge=0, le=1000, description="More inconclusive probes than this: a person decides."
+    )
+    consecutive_error_limit: int = Field(
+        default=4,
+        ge=0,
+        le=1000,
+        description="More probes in a row that cannot run than this: the watch stops and people are told.",
+    )
+    dry_run: bool = Field(default=False, description="Watch and record what would be done; never roll back.")
+    rollback_workflow: WorkflowFile = Field(
+        default="",
+        description="GitHub workflow file that rolls this environment back (workflow_dispatch), for "
+        "projects not deployed by Vercel, e.g. rollback.yml.",
+    )
+
+
+# perfgate.yaml's watch keys and the Environment fields they set (the scenario is resolved apart).
+WATCH_FIELDS = {
+    "initial_delay": "watch_initial_delay_seconds",
+    "interval": "watch_interval_seconds",
+    "window": "watch_window_seconds",
+    "failure_limit": "watch_failure_limit",
+    "consecutive": "watch_consecutive",
+    "inconclusive_limit": "watch_inconclusive_limit",
+    "consecutive_error_limit": "watch_consecutive_error_limit",
+    "dry_run": "watch_dry_run",
+    "rollback_workflow": "rollback_workflow",
+}
+
+
 class EnvironmentConfig(_Section):
     """The gate's policy in one environment."""
 
@@ -187,6 +250,14 @@ class EnvironmentConfig(_Section):
         default=1, ge=1, description="Distinct approvers an emergency bypass needs."
     )
     auto_baseline: bool = Field(default=True, description="A passing validation becomes the next baseline.")
+    auto_rollback: bool = Field(
+        default=False,
+        description="A watched deployment found degraded is rolled back at once; false: the rollback is "
+        "proposed and waits for someone with trigger_rollback.",
+    )
+    watch: WatchConfig = _optional(
+        "Watch deployments after they reach this environment; absent: not watched."
+    )
 
 
 class ScenarioConfig(_Section):
@@ -393,6 +464,14 @@ class _Checker:
         for i, name in enumerate(names):
             if name in names[:i]:
                 self.fail(f"{place}.scenarios[{i}].name", f"scenario {name!r} appears twice")
+        for name, environment in project["environments"].items():
+            watched = environment["watch_scenario"]
+            if watched is not None and watched not in names:
+                self.fail(
+                    f"{place}.environments.{name}.watch.scenario",
+                    f"no scenario named {watched!r} in this project "
+                    f"(scenarios: {', '.join(names) or 'none'})",
+                )
         defaults = [i for i, s in enumerate(project["scenarios"]) if s["is_default"]]
         if len(defaults) > 1:
             self.fail(f"{place}.scenarios[{defaults[1]}].default", "only one scenario can be the default")
@@ -407,12 +486,24 @@ class _Checker:
         return project
 
     def environment(self, config: EnvironmentConfig) -> dict:
+        if config.watch is None:
+            # No watch block: the model's defaults, and no watch scenario. The file is the truth,
+            # as for every other key of an environment.
+            watch = {
+                field: Environment._meta.get_field(field).get_default() for field in WATCH_FIELDS.values()
+            }
+        else:
+            watch = {field: getattr(config.watch, key) for key, field in WATCH_FIELDS.items()}
         return {
             "mode": Environment.Mode.ENFORCE if config.enforce else Environment.Mode.SHADOW,
             "fail_closed": config.fail_closed,
             "require_staging_pass": config.require_staging_pass,
             "bypass_approvals": config.bypass_approvals,
             "auto_baseline": config.auto_baseline,
+            "auto_rollback": config.auto_rollback,
+            # A scenario name until the project's scenarios are applied (_Applier.project).
+            "watch_scenario": config.watch.scenario if config.watch is not None else None,
+            **watch,
         }
 
     def scenario(self, config: ScenarioConfig, place: str, allowed_hosts: list[str]) -> dict:
@@ -593,6 +684,9 @@ def config_snapshot(obj) -> dict:
     }
     if isinstance(obj, ThresholdRule) and obj.pk:
         data["environments"] = sorted(obj.environments.values_list("name", flat=True))
+    if isinstance(obj, Environment):
+        # By name, as the file says it: an id means nothing to someone reading the audit log.
+        data["watch_scenario"] = obj.watch_scenario.name if obj.watch_scenario_id else None
     return data
 
 
@@ -638,20 +732,26 @@ class _Applier:
     def project(self, spec: dict) -> None:
         fields = {k: spec[k] for k in ("name", "repository", "vercel_project_id", "allowed_hosts")}
         project = self.upsert(Project, {"slug": spec["slug"]}, fields, "project", spec["slug"], spec["slug"])
+        # Scenarios first: an environment names its watch scenario, which must exist by then.
+        scenarios = self.scenarios(project, spec["scenarios"])
         environments = {env.name: env for env in Environment.objects.filter(project=project)}
         for name, env_spec in spec["environments"].items():
+            watched = env_spec["watch_scenario"]
             environments[name] = self.upsert(
                 Environment,
                 {"project": project, "name": name},
-                env_spec,
+                {**env_spec, "watch_scenario": scenarios[watched] if watched is not None else None},
                 "environment",
                 f"{project.slug}/{name}",
                 project.slug,
                 name,
             )
-        if any(s["is_default"] for s in spec["scenarios"]):
+        self.rules(project, spec["rules"], scenarios, environments)
+
+    def scenarios(self, project: Project, specs: list[dict]) -> dict[str, Scenario]:
+        if any(s["is_default"] for s in specs):
             # Clear the old default first: at most one default per project, checked by the database.
-            new_default = next(s["name"] for s in spec["scenarios"] if s["is_default"])
+            new_default = next(s["name"] for s in specs if s["is_default"])
             for old in Scenario.objects.filter(project=project, is_default=True).exclude(name=new_default):
                 self.upsert(
                     Scenario,
@@ -662,7 +762,7 @@ class _Applier:
                     project.slug,
                 )
         scenarios = {}
-        for scenario_spec in spec["scenarios"]:
+        for scenario_spec in specs:
             fields = {k: v for k, v in scenario_spec.items() if k != "name"}
             scenarios[scenario_spec["name"]] = self.upsert(
                 Scenario,
@@ -672,7 +772,7 @@ class _Applier:
                 f"{project.slug}/{scenario_spec['name']}",
                 project.slug,
             )
-        self.rules(project, spec["rules"], scenarios, environments)
+        return scenarios
 
     def rules(self, project: Project, specs: list[dict], scenarios: dict, environments: dict) -> None:
         existing = {}

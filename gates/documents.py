@@ -84,3 +84,81 @@ def _links(project: str, environment: str, build_id: str, validation_id: str) ->
         "admin": reverse("admin:gates_validation_change", args=[validation_id]),
         "chart": reverse("validation-chart", args=[validation_id]),
     }
+
+
+# How many of a watch's notices its document shows, newest first: enough to see what happened
+# lately; the admin lists them all.
+WATCH_NOTICES_SHOWN = 5
+
+
+def watch_document(watch) -> dict:
+    """A watch as CI and ``status`` show it (``gates.api.WatchSerializer`` describes it): its
+    state, policy, probe counters, the probe baseline's source, the last probe, the rollback
+    and the latest notices. Reads the last probe and the notices (two queries); the rollback
+    and the target it goes back to come with ``watch`` when it was fetched with them."""
+    validation = watch.validation
+    last_probe = watch.probes.order_by("-number").first()
+    notices = watch.notices.order_by("-created_at", "-pk")[:WATCH_NOTICES_SHOWN]
+    rollback = getattr(watch, "rollback", None)
+    return {
+        "watchId": watch.pk,
+        "validationId": str(validation.pk),
+        "project": watch.project.slug,
+        "environment": watch.environment.name,
+        "buildId": validation.build_id,
+        "state": watch.state,
+        "stateReason": watch.state_reason,
+        "source": watch.source,
+        "deploymentId": watch.deployment_id,
+        "targetUrl": watch.target_url,
+        "startedAt": watch.created_at,
+        "nextProbeAt": watch.next_probe_at if watch.is_active else None,
+        "endsAt": watch.ends_at,
+        "finishedAt": watch.finished_at,
+        "dryRun": watch.dry_run,
+        "wouldRollBack": watch.would_roll_back,
+        "policy": dict(watch.policy or {}),
+        "probes": {
+            "run": watch.probes_run,
+            "failures": watch.failures,
+            "consecutiveFailures": watch.consecutive_failures,
+            "inconclusive": watch.inconclusives,
+            "errors": watch.errors,
+            "consecutiveErrors": watch.consecutive_errors,
+        },
+        "baseline": _baseline_source(watch),
+        "lastProbe": None
+        if last_probe is None
+        else {
+            "number": last_probe.number,
+            "trigger": last_probe.trigger,
+            "outcome": last_probe.outcome,
+            "reason": last_probe.reason,
+            "finishedAt": last_probe.finished_at,
+        },
+        "rollback": None
+        if rollback is None
+        else {
+            "state": rollback.state,
+            "trigger": rollback.trigger,
+            "via": rollback.via,
+            "targetBuildId": rollback.target_validation.build_id if rollback.target_validation_id else None,
+            "reason": rollback.reason,
+            "detail": rollback.detail,
+            "decidedBy": rollback.decided_by,
+            "finishedAt": rollback.finished_at,
+        },
+        "notices": [
+            {"level": notice.level, "title": notice.title, "createdAt": notice.created_at}
+            for notice in notices
+        ],
+    }
+
+
+def _baseline_source(watch) -> str:
+    """Where the watch's probe baseline comes from, in a sentence."""
+    if watch.baseline_source:
+        return watch.baseline_source
+    if watch.baseline_url:
+        return f"the previous deployment ({watch.baseline_url}), probed before the first probe"
+    return "none: no earlier healthy watch and no previous deployment to probe"

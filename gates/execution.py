@@ -292,7 +292,8 @@ class ScenarioRun:
             raise RunFailed(
                 f"No target URL: scenario {self.scenario.name} has none and the request gave none."
             )
-        allowed_hosts = self.validation.project.allowed_hosts
+        # A Vercel deployment's own URL is allowed for its validation only.
+        allowed_hosts = [*self.validation.project.allowed_hosts, *config.get("extraHosts", [])]
         # A host listed without a port opens 80, 443 and the ports of the scenario's own URLs.
         own_ports = ports_of(self.scenario.target_url, self.scenario.reference_url)
         target = _checked_target(target_url, allowed_hosts, "Target", own_ports)
@@ -343,6 +344,8 @@ class ScenarioRun:
             max_vus=self.scenario.max_vus,
             warmup_seconds=warmup_seconds,
             hosts=address_pins(target),
+            # Vercel's protection bypass and the like: secrets, carried in k6's environment only.
+            headers=registry.headers_for(self.validation),
         )
 
     def _run_k6(

@@ -93,6 +93,50 @@ class Environment(ConfigSourced):
     auto_baseline = models.BooleanField(
         default=True, help_text="A validation whose verdict is pass becomes the next baseline version."
     )
+    auto_rollback = models.BooleanField(
+        default=False,
+        help_text="A watch that finds the deployment degraded rolls it back at once; otherwise the "
+        "rollback is proposed and waits for someone with trigger_rollback.",
+    )
+    watch_scenario = models.ForeignKey(
+        "Scenario",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The gentle probe scenario a watch runs after a deployment reaches this environment; "
+        "empty: deployments here are not watched.",
+    )
+    watch_initial_delay_seconds = models.PositiveIntegerField(
+        default=60, help_text="Seconds after the promotion before the first probe."
+    )
+    watch_interval_seconds = models.PositiveIntegerField(default=60, help_text="Seconds between probes.")
+    watch_window_seconds = models.PositiveIntegerField(
+        default=900, help_text="How long a deployment is watched, from its first probe."
+    )
+    watch_failure_limit = models.PositiveSmallIntegerField(
+        default=2, help_text="More failed probes than this: degraded (Argo Rollouts' failureLimit)."
+    )
+    watch_consecutive = models.BooleanField(
+        default=True, help_text="Count only failures in a row towards the failure limit."
+    )
+    watch_inconclusive_limit = models.PositiveSmallIntegerField(
+        default=2, help_text="More inconclusive probes than this: the watch asks a person (no rollback)."
+    )
+    watch_consecutive_error_limit = models.PositiveSmallIntegerField(
+        default=4,
+        help_text="More probes in a row that cannot run than this: the watch stops and people are told. "
+        "An error never rolls back.",
+    )
+    watch_dry_run = models.BooleanField(
+        default=False, help_text="Watch and record what would have been done, but never roll back."
+    )
+    rollback_workflow = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="GitHub workflow file that rolls this environment back (workflow_dispatch), for "
+        "projects not deployed by Vercel, e.g. rollback.yml.",
+    )
 
     class Meta:
         ordering = ["project__slug", "name"]
@@ -409,6 +453,11 @@ class Validation(models.Model):
         default=dict, blank=True, help_text="While a test runs: elapsedSeconds, requests, requestRate."
     )
     estimated_completion = models.DateTimeField(null=True, blank=True)
+    held = models.BooleanField(
+        default=False,
+        help_text="Queued, but its load test waits until its deployment is ready (a Vercel deployment "
+        "is tested once its URL answers).",
+    )
     dispatch_pending = models.BooleanField(
         default=False,
         help_text="Queued, but the task broker was unreachable when its load test was sent: it is sent "
@@ -796,3 +845,227 @@ class AuditEvent(models.Model):
 
     def delete(self, *args, **kwargs):
         raise PermissionError("Audit events are append-only; they cannot be deleted.")
+
+
+class Watch(models.Model):
+    """Production after a deploy: a validated deployment watched with gentle probes for a window.
+
+    A watch belongs to the validation that let the deployment out. After ``initial_delay`` a probe
+    runs every ``interval`` until the window ends; each is judged by the gate's own decision code
+    against the *probe baseline* (the same probe scenario's values on the previous healthy
+    production deployment). The counters follow Argo Rollouts' analysis: more than
+    ``failureLimit`` failed probes (in a row, when ``consecutive``) → degraded, which rolls back or
+    proposes a rollback by policy; more than ``inconclusiveLimit`` inconclusive → a person decides;
+    more than ``consecutiveErrorLimit`` errors in a row → the watch stops and says so. An error (a
+    probe that could not run or measured nothing) is never a failure and never rolls back.
+
+    One task at a time runs a watch, holding it with a lease like a validation's: a watch whose
+    task died is taken up again by the reaper.
+    """
+
+    class State(models.TextChoices):
+        WAITING = "waiting", "waiting for its first probe"
+        WATCHING = "watching"
+        HEALTHY = "healthy", "healthy (window over)"
+        DEGRADED = "degraded"
+        INCONCLUSIVE = "inconclusive", "inconclusive (a person decides)"
+        ERRORED = "errored", "stopped: probes keep erroring"
+        STOPPED = "stopped"
+
+    class Source(models.TextChoices):
+        VERCEL = "vercel", "Vercel deployment.promoted"
+        GITHUB = "github", "GitHub deployment_status"
+        CI = "ci", "CI (API or CLI)"
+
+    ACTIVE_STATES = (State.WAITING, State.WATCHING)
+
+    validation = models.ForeignKey(Validation, on_delete=models.PROTECT, related_name="watches")
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="watches")
+    environment = models.ForeignKey(Environment, on_delete=models.PROTECT, related_name="watches")
+    scenario = models.ForeignKey(Scenario, on_delete=models.PROTECT, related_name="watches")
+    source = models.CharField(max_length=10, choices=Source.choices)
+    deployment_id = models.CharField(max_length=200, blank=True, help_text="The provider's deployment id.")
+    target_url = models.CharField(max_length=500, help_text="What the probes hit: the production deployment.")
+    extra_hosts = models.JSONField(
+        default=list, blank=True, help_text="Hosts allowed for this watch's probes only (its deployment URL)."
+    )
+    baseline_url = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="The previous production deployment, probed before the first probe when no earlier "
+        "healthy watch gives a probe baseline.",
+    )
+    state = models.CharField(max_length=12, choices=State.choices, default=State.WAITING)
+    state_reason = models.TextField(blank=True)
+    policy = models.JSONField(default=dict, help_text="The environment's watch policy when the watch began.")
+    dry_run = models.BooleanField(default=False)
+    would_roll_back = models.BooleanField(
+        default=False, help_text="Dry run: a real watch would have rolled this deployment back."
+    )
+    baseline = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Probe baseline: per series|aggregation, the values it was built from.",
+    )
+    baseline_source = models.CharField(max_length=300, blank=True)
+    probes_run = models.PositiveIntegerField(default=0)
+    failures = models.PositiveIntegerField(default=0)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    inconclusives = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    consecutive_errors = models.PositiveIntegerField(default=0)
+    started_by = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+    next_probe_at = models.DateTimeField()
+    ends_at = models.DateTimeField(help_text="The window's end: no scheduled probe starts later.")
+    finished_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "watches"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["environment"],
+                condition=Q(state__in=["waiting", "watching"]),
+                name="watch_one_active_per_environment",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["state", "lease_expires_at"], name="watch_lease"),
+            models.Index(fields=["environment", "-created_at"], name="watch_history"),
+        ]
+
+    def __str__(self):
+        return f"watch of {self.validation} ({self.state})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in self.ACTIVE_STATES
+
+    def limit(self, name: str) -> int:
+        return int(self.policy.get(name, 0))
+
+
+class Probe(models.Model):
+    """One probe of a watch: a short, gentle k6 run against production, judged against the
+    watch's probe baseline. ``outcome`` is success, failure, inconclusive or error."""
+
+    class Outcome(models.TextChoices):
+        SUCCESS = "success"
+        FAILURE = "failure"
+        INCONCLUSIVE = "inconclusive"
+        ERROR = "error"
+
+    class Trigger(models.TextChoices):
+        SCHEDULE = "schedule"
+        ALERT = "alert", "an alert (confirming probe)"
+        BASELINE = "baseline", "baseline (the previous deployment)"
+
+    watch = models.ForeignKey(Watch, on_delete=models.CASCADE, related_name="probes")
+    number = models.PositiveIntegerField()
+    trigger = models.CharField(max_length=10, choices=Trigger.choices, default=Trigger.SCHEDULE)
+    target_url = models.CharField(max_length=500)
+    outcome = models.CharField(max_length=12, choices=Outcome.choices)
+    verdict = models.CharField(max_length=12, blank=True)
+    reason = models.TextField(blank=True)
+    report = models.JSONField(default=dict, blank=True)
+    values = models.JSONField(default=dict, blank=True, help_text="series|aggregation → value")
+    duration_seconds = models.FloatField(default=0.0)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["watch", "number"]
+        constraints = [models.UniqueConstraint(fields=["watch", "number"], name="probe_number_per_watch")]
+
+    def __str__(self):
+        return f"probe {self.number} of {self.watch_id}: {self.outcome}"
+
+
+class Rollback(models.Model):
+    """Undoing one watched deployment: at most one per watch, however many alerts arrive.
+
+    Decided by a degraded watch or a confirmed alert; carried out through Vercel (a rollback to
+    the newest earlier production deployment perfgate passed, then its alias request followed) or
+    a GitHub rollback workflow. ``proposed`` waits for someone with ``trigger_rollback`` when the
+    environment does not roll back automatically; ``refused`` when there is nothing safe to roll
+    back to. A failed rollback stays failed: it is never retried into a loop.
+    """
+
+    class State(models.TextChoices):
+        PROPOSED = "proposed", "proposed (waits for a person)"
+        APPROVED = "approved", "approved (being sent)"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        REJECTED = "rejected"
+        REFUSED = "refused", "refused (nothing to roll back to)"
+        DRY_RUN = "dry_run", "dry run (would have rolled back)"
+
+    class Trigger(models.TextChoices):
+        WATCH = "watch", "the watch's probes"
+        ALERT = "alert", "an alert, confirmed by a probe"
+        MANUAL = "manual", "a person"
+
+    OPEN_STATES = (State.PROPOSED, State.APPROVED, State.RUNNING)
+
+    watch = models.OneToOneField(Watch, on_delete=models.PROTECT, related_name="rollback")
+    validation = models.ForeignKey(Validation, on_delete=models.PROTECT, related_name="rollbacks")
+    target_validation = models.ForeignKey(
+        Validation,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The newest earlier production deployment perfgate passed: what is rolled back to.",
+    )
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="rollbacks")
+    environment = models.ForeignKey(Environment, on_delete=models.PROTECT, related_name="rollbacks")
+    trigger = models.CharField(max_length=10, choices=Trigger.choices)
+    state = models.CharField(max_length=10, choices=State.choices)
+    via = models.CharField(
+        max_length=10, blank=True, help_text="vercel or github, once an integration took it."
+    )
+    reason = models.TextField(help_text="Why: the probes or the alert that confirmed the degradation.")
+    detail = models.TextField(blank=True, help_text="What the provider said, step by step.")
+    decided_by = models.CharField(max_length=200, blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"rollback of {self.validation} ({self.state})"
+
+
+class Notice(models.Model):
+    """Something people must hear that is not a validation's verdict: a watch whose probes keep
+    erroring, a rollback proposed, done or failed, an alert a probe did not confirm. Shown in the
+    admin and in ``status``; announced to the registered notifiers (``gates.registry``)."""
+
+    class Level(models.TextChoices):
+        INFO = "info"
+        WARNING = "warning"
+        ERROR = "error"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="notices")
+    environment = models.ForeignKey(Environment, on_delete=models.CASCADE, related_name="notices")
+    validation = models.ForeignKey(
+        Validation, on_delete=models.CASCADE, null=True, blank=True, related_name="notices"
+    )
+    watch = models.ForeignKey(Watch, on_delete=models.CASCADE, null=True, blank=True, related_name="notices")
+    kind = models.CharField(max_length=40)
+    level = models.CharField(max_length=10, choices=Level.choices)
+    title = models.CharField(max_length=300)
+    text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return self.title

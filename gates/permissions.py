@@ -109,6 +109,10 @@ OPS_PERMISSIONS = {
         "add_bypassrequest",
         "view_bypassapproval",
         "view_auditevent",
+        "view_watch",
+        "view_probe",
+        "view_rollback",
+        "view_notice",
     ],
     "baselines": ["view_baseline", "view_baselinemetric"],
     # Ops manage their projects' CI tokens in the admin; making or revoking one still takes

@@ -118,7 +118,9 @@ def plan_of(validation: Validation) -> Plan:
     )
 
 
-def validation_plan(*, project: Project, environment: Environment, test_config: dict | None) -> Plan:
+def validation_plan(
+    *, project: Project, environment: Environment, test_config: dict | None, extra_hosts=()
+) -> Plan:
     """Resolve a request once: the scenario it names (or the project's default), its effective
     test config, and every rule. Raises ServiceError naming the field at fault."""
     requested = dict(test_config or {})
@@ -131,7 +133,7 @@ def validation_plan(*, project: Project, environment: Environment, test_config: 
             else f"Project {project.slug} has no default scenario; name one in testConfig.scenario."
         )
         raise ServiceError(detail, fields={"testConfig.scenario": [detail]})
-    effective = effective_test_config(project, scenario, requested)
+    effective = effective_test_config(project, scenario, requested, extra_hosts=extra_hosts)
     return Plan(scenario=scenario, test_config=effective, rules=rules_for(environment, scenario, effective))
 
 
@@ -148,13 +150,16 @@ def min_duration_seconds(scenario: Scenario) -> int:
     return min(scenario.duration_seconds, MIN_DURATION_SECONDS)
 
 
-def effective_test_config(project: Project, scenario: Scenario, requested: dict) -> dict:
+def effective_test_config(project: Project, scenario: Scenario, requested: dict, extra_hosts=()) -> dict:
     """The request's testConfig with its load capped by the scenario's limits and its target
     checked against the project's allowlist. The caps are recorded, so nobody wonders later.
     Less load than the floor (MIN_VUS, min_duration_seconds) is refused, never raised: a
     ServiceError naming the field."""
-    config = {key: value for key, value in requested.items() if key != "capped"}
+    config = {key: value for key, value in requested.items() if key not in ("capped", "extraHosts")}
     config["scenario"] = scenario.name
+    if extra_hosts:
+        # Allowed for this validation only (a Vercel deployment's own URL): recorded with it.
+        config["extraHosts"] = sorted(set(extra_hosts))
     capped = {}
     if config.get("vus") is not None and config["vus"] < MIN_VUS:
         detail = f"At least {MIN_VUS} VU is needed to measure anything; got {config['vus']}."
@@ -185,7 +190,7 @@ def effective_test_config(project: Project, scenario: Scenario, requested: dict)
             try:
                 resolve_target(
                     config[key],
-                    project.allowed_hosts,
+                    [*project.allowed_hosts, *config.get("extraHosts", [])],
                     configured_ports=ports_of(scenario.target_url, scenario.reference_url),
                 )
             except TargetRefused as exc:

@@ -9,6 +9,12 @@ outside world. Instead, apps register here in their ``AppConfig.ready()``:
 - **runners** run a scenario's tool for the worker (k6 and Locust are the gate's own; a GitHub
   workflow is registered by ``integrations``). A runner gets a ``gates.execution.ScenarioRun`` and
   returns a ``ResultSet``.
+- **notifiers** hear every ``gates.models.Notice`` (a watch that keeps erroring, a rollback
+  proposed, done or failed), inside the transaction that made it; like listeners they only
+  record what they will send.
+- **header sources** add HTTP headers to every request a load test or a probe sends to a
+  validation's target (Vercel's protection bypass for protected previews). A source reads the
+  database only; its values are secrets and go nowhere but the tool's requests.
 
 This is an explicit registry, not Django signals: ``docs/architecture.md`` lists every
 registration, and ``tests/test_architecture.py`` checks them.
@@ -21,7 +27,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from gates.models import Validation
+    from gates.models import Notice, Validation
     from gates.results.base import ResultSet
 
 
@@ -40,8 +46,13 @@ class Change(StrEnum):
 Listener = Callable[["Validation", Change], None]
 Runner = Callable[..., "ResultSet"]
 
+HeaderSource = Callable[["Validation"], dict[str, str]]
+Notifier = Callable[["Notice"], None]
+
 _listeners: dict[str, Listener] = {}
 _runners: dict[str, Runner] = {}
+_header_sources: dict[str, HeaderSource] = {}
+_notifiers: dict[str, Notifier] = {}
 
 
 def listen(name: str, listener: Listener) -> None:
@@ -70,3 +81,33 @@ def runner_for(tool: str) -> Runner | None:
 
 def runners() -> dict[str, Runner]:
     return dict(_runners)
+
+
+def register_headers(name: str, source: HeaderSource) -> None:
+    _header_sources[name] = source
+
+
+def headers_for(validation: Validation) -> dict[str, str]:
+    """The extra request headers every registered source gives for ``validation``'s target."""
+    headers: dict[str, str] = {}
+    for source in _header_sources.values():
+        headers.update(source(validation))
+    return headers
+
+
+def header_sources() -> dict[str, HeaderSource]:
+    return dict(_header_sources)
+
+
+def register_notifier(name: str, notifier: Notifier) -> None:
+    _notifiers[name] = notifier
+
+
+def notifiers() -> dict[str, Notifier]:
+    return dict(_notifiers)
+
+
+def notify(notice: Notice) -> None:
+    """Tell every notifier about ``notice``, in the caller's transaction."""
+    for notifier in _notifiers.values():
+        notifier(notice)

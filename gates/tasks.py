@@ -1,9 +1,10 @@
 """django-q2 entry points: thin. Each takes ids, and the code it calls claims its row or does
 nothing; correctness never depends on the broker retrying or not."""
 
-from gates import execution
+from gates import execution, watching
 from gates.audit import audit_digest_write
 from gates.services import bypass_expire_due, validation_dispatch_pending, validation_reap_expired
+from gates.services.watches import watch_reap
 
 
 def validation_run(validation_id: str) -> None:
@@ -11,10 +12,21 @@ def validation_run(validation_id: str) -> None:
     execution.execute(validation_id)
 
 
+def watch_run(watch_id: int) -> None:
+    """Probe a watched production deployment on schedule (no-op unless this worker claims it)."""
+    watching.watch_run(watch_id)
+
+
+def watch_alert_probe(watch_id: int) -> None:
+    """One probe now, to confirm an alert about a watched deployment."""
+    watching.alert_probe(watch_id)
+
+
 def reap_expired_leases() -> int:
-    """Scheduled: end running validations whose worker stopped renewing its lease (and send the
-    load tests an unreachable broker could not take)."""
+    """Scheduled: end running validations whose worker stopped renewing its lease, send the load
+    tests an unreachable broker could not take, and give every watch no task runs a new one."""
     validation_dispatch_pending()
+    watch_reap()
     return validation_reap_expired()
 
 

@@ -16,4 +16,6 @@ urlpatterns = [
     path("history", api.HistoryView.as_view(), name="history"),
     path("baseline", api.BaselineView.as_view(), name="baseline"),
     path("regression", api.RegressionView.as_view(), name="regression"),
+    path("watch", api.WatchView.as_view(), name="watch"),
+    path("alerts", api.AlertsView.as_view(), name="alerts"),
 ]

@@ -46,6 +46,7 @@ def validation_chart(request, pk):
         token = authenticated[1] if authenticated else None
         if (
             token is None
+            or token.is_monitoring  # it may only post alerts
             or token.project_id != validation.project_id
             or not token.allows_environment(validation.environment.name)
         ):

@@ -1,7 +1,8 @@
 """Integrations in the admin. API tokens: made through the service (the token is shown once),
 revoked by an action, never edited; each user sees the tokens of the projects they may see.
-GitHub connections: secrets are write-only (never shown again, kept when left empty), every edit
-audited without them. The outbox and webhook deliveries: read-only records."""
+GitHub and Vercel connections: secrets are write-only (never shown again, kept when left empty),
+every edit audited without them. The outbox, webhook deliveries and Vercel checks: read-only
+records."""
 
 from django import forms
 from django.contrib import admin, messages
@@ -13,7 +14,14 @@ from gates.audit import Actor, audit_record
 from gates.errors import ServiceError
 from gates.models import Environment
 from gates.permissions import projects_where
-from integrations.models import ApiToken, GitHubConnection, OutboundCall, WebhookDelivery
+from integrations.models import (
+    ApiToken,
+    GitHubConnection,
+    OutboundCall,
+    VercelCheck,
+    VercelConnection,
+    WebhookDelivery,
+)
 from integrations.services import token_create, token_revoke
 
 
@@ -228,6 +236,115 @@ class GitHubConnectionAdmin(ProjectScopedMixin, admin.ModelAdmin):
                     "secrets_replaced": secrets_changed,
                 },
             )
+
+
+class VercelConnectionForm(forms.ModelForm):
+    token = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="The integration's access token (checks and rollbacks need it; without one, perfgate "
+        "still validates each deployment and reports to GitHub). Write-only: leave empty to keep the "
+        "stored one.",
+    )
+    protection_bypass_secret = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="Protection Bypass for Automation, sent as x-vercel-protection-bypass to the "
+        "deployments perfgate tests. Write-only: leave empty to keep the stored one.",
+    )
+    clear_protection_bypass_secret = forms.BooleanField(
+        required=False, help_text="Forget the stored protection-bypass secret."
+    )
+
+    class Meta:
+        model = VercelConnection
+        fields = (
+            "project",
+            "team_id",
+            "token",
+            "protection_bypass_secret",
+            "clear_protection_bypass_secret",
+            "checks_api",
+            "production_environment",
+            "preview_environment",
+            "scenario",
+            "api_url",
+        )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Never send a stored secret back to the browser.
+        self.initial["token"] = ""
+        self.initial["protection_bypass_secret"] = ""
+
+    def clean(self):
+        data = super().clean()
+        for name in VERCEL_SECRET_FIELDS:
+            if not data.get(name) and self.instance.pk:
+                data[name] = getattr(self.instance, name)
+        if data.get("clear_protection_bypass_secret"):
+            data["protection_bypass_secret"] = ""
+        project = data.get("project")
+        if project is not None and not project.vercel_project_id:
+            raise ValidationError({"project": "Set the project's Vercel project id first."})
+        if project is not None:
+            names = set(project.environments.values_list("name", flat=True))
+            for field in ("production_environment", "preview_environment"):
+                if data.get(field) and data[field] not in names:
+                    self.add_error(field, f"{project.slug} has no environment {data[field]!r}.")
+        return data
+
+
+VERCEL_SECRET_FIELDS = ("token", "protection_bypass_secret")
+
+
+def _vercel_snapshot(connection: VercelConnection) -> dict:
+    """Every setting of a connection for the audit log; of a secret, only whether it is set."""
+    snapshot = {
+        field.name: getattr(connection, field.attname)
+        for field in VercelConnection._meta.concrete_fields
+        if field.name not in (*VERCEL_SECRET_FIELDS, "id", "updated_at")
+    }
+    snapshot.update({f"{name}_set": bool(getattr(connection, name)) for name in VERCEL_SECRET_FIELDS})
+    return snapshot
+
+
+@admin.register(VercelConnection)
+class VercelConnectionAdmin(ProjectScopedMixin, admin.ModelAdmin):
+    form = VercelConnectionForm
+    list_display = ("project", "team_id", "checks_api", "production_environment", "preview_environment")
+    list_select_related = ("project",)
+    readonly_fields = ("check_id", "updated_at")
+
+    def save_model(self, request, obj, form, change):
+        before = _vercel_snapshot(VercelConnection.objects.get(pk=obj.pk)) if change else None
+        replaced = [
+            name for name in VERCEL_SECRET_FIELDS if form.cleaned_data.get(name) and name in form.changed_data
+        ]
+        if form.cleaned_data.get("clear_protection_bypass_secret"):
+            replaced.append("protection_bypass_secret")
+        if change and {"api_url", "team_id", "token"} & set(form.changed_data):
+            obj.check_id = ""  # another account or team: perfgate's check there is made anew
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            audit_record(
+                action=f"config.vercelconnection.{'updated' if change else 'created'}",
+                actor=Actor.for_user(request.user),
+                target=obj,
+                project=obj.project.slug,
+                reason="edited in the admin",
+                data={"before": before, "after": _vercel_snapshot(obj), "secrets_replaced": replaced},
+            )
+
+
+@admin.register(VercelCheck)
+class VercelCheckAdmin(ReadOnlyAdminMixin, ProjectScopedMixin, admin.ModelAdmin):
+    project_path = "validation__project"
+    list_display = ("deployment_id", "validation", "api", "vercel_id", "created_at")
+    list_filter = ("api",)
+    list_select_related = ("validation__project", "validation__environment")
+    search_fields = ("deployment_id", "vercel_id")
+    show_full_result_count = False
 
 
 @admin.register(OutboundCall)

@@ -10,9 +10,16 @@ class IntegrationsConfig(AppConfig):
         A new integration adds its own lines here and touches nothing in ``gates``."""
         from gates import registry
         from gates.models import Scenario
-        from integrations import outbox
+        from integrations import outbox, webhooks
         from integrations.github import delivery, report, workflows
+        from integrations.vercel import delivery as vercel_delivery
+        from integrations.vercel import report as vercel_report
+        from integrations.vercel import webhooks as vercel_webhooks
 
         registry.listen("github", report.github_listen)
         registry.register_runner(Scenario.Tool.GITHUB, workflows.workflow_runner)
         outbox.register_deliverer("github", delivery.deliver)
+        registry.listen("vercel", vercel_report.vercel_listen)
+        registry.register_headers("vercel", vercel_report.protection_headers)
+        outbox.register_deliverer("vercel", vercel_delivery.deliver)
+        webhooks.register_handlers("vercel", vercel_webhooks.HANDLERS)

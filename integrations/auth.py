@@ -124,13 +124,20 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
 
 
 class HasToken(permissions.BasePermission):
-    """Any valid token; auditors only read."""
+    """Any valid token but a monitoring one; auditors only read. A monitoring token (what
+    Alertmanager holds) may only post alerts, which its own endpoint allows with
+    ``IsMonitoringToken``: everywhere else it is refused, reads included."""
 
-    message = "An auditor token can only read."
+    AUDITOR_MESSAGE = "An auditor token can only read."
+    MONITORING_MESSAGE = "A monitoring token may only post alerts."
+    message = AUDITOR_MESSAGE
 
     def has_permission(self, request, view):
         token = request.auth
         if not isinstance(token, ApiToken):
+            return False
+        if token.is_monitoring:
+            self.message = self.MONITORING_MESSAGE
             return False
         return request.method in permissions.SAFE_METHODS or token.can_write
 
@@ -150,6 +157,15 @@ class CanBlock(permissions.BasePermission):
         return isinstance(token, ApiToken) and (
             token.role == ApiToken.Role.OPS or (token.role == ApiToken.Role.CI and token.can_block)
         )
+
+
+class IsMonitoringToken(permissions.BasePermission):
+    """Only a monitoring token: the alerts endpoint, and nothing else, takes one."""
+
+    message = "Only a monitoring token may post alerts."
+
+    def has_permission(self, request, view):
+        return isinstance(request.auth, ApiToken) and request.auth.is_monitoring
 
 
 class ApiTokenScheme(OpenApiAuthenticationExtension):

@@ -34,6 +34,12 @@ class TryLater(CallFailed):
     """Down, overloaded, rate limited or too slow: the same call may work later."""
 
 
+class Pending(TryLater):
+    """The call went through and what it started is still under way (a rollback's alias request,
+    a workflow run): look again after ``retry_after`` seconds. Not a failure: it neither grows the
+    backoff nor holds back the project's other calls."""
+
+
 class Refused(CallFailed):
     """The other side refused the call itself (4xx): sending it again will not help."""
 
@@ -96,7 +102,9 @@ def _message(raw: bytes) -> str:
     except ValueError:
         return raw[:300].decode("utf-8", "replace")
     if isinstance(body, dict):
-        text = str(body.get("message", ""))
+        error = body.get("error")
+        # GitHub answers {"message": …}; Vercel {"error": {"code": …, "message": …}}.
+        text = str(body.get("message") or (error.get("message", "") if isinstance(error, dict) else ""))
         if body.get("errors"):
             text += f" {body['errors']}"
         return text[:500]

@@ -1,5 +1,6 @@
-"""How perfgate and the outside world talk: API tokens for CI, ops and auditors; GitHub
-credentials (encrypted at rest); the outbox of calls to GitHub; received webhook deliveries.
+"""How perfgate and the outside world talk: API tokens for CI, ops, auditors and monitoring;
+GitHub and Vercel credentials (encrypted at rest); the outbox of calls to them; received webhook
+deliveries; the checks perfgate keeps on Vercel deployments.
 """
 
 import hashlib
@@ -36,6 +37,7 @@ class ApiToken(models.Model):
         CI = "ci"
         OPS = "ops"
         AUDITOR = "auditor"
+        MONITORING = "monitoring", "monitoring (may only post alerts)"
 
     name = models.CharField(max_length=100, help_text="What this token is for, e.g. 'GitHub Actions'.")
     token_hash = models.CharField(max_length=64, unique=True, editable=False)
@@ -80,6 +82,11 @@ class ApiToken(models.Model):
     @property
     def can_write(self) -> bool:
         return self.role in (self.Role.CI, self.Role.OPS)
+
+    @property
+    def is_monitoring(self) -> bool:
+        """A monitoring token (Alertmanager's) posts alerts and nothing else: it reads nothing."""
+        return self.role == self.Role.MONITORING
 
 
 class GitHubConnection(models.Model):
@@ -141,6 +148,95 @@ class GitHubConnection(models.Model):
     @property
     def base_url(self) -> str:
         return (self.api_url or settings.GITHUB_API_URL).rstrip("/")
+
+
+class VercelConnection(models.Model):
+    """How perfgate reaches a project on Vercel: a token for its REST API (checks on deployments,
+    rollbacks), the team it belongs to, and the protection-bypass secret that lets load tests
+    through Vercel's deployment protection. The token and the secret are encrypted at rest.
+
+    Vercel's deployment targets map to perfgate environments: production to
+    ``production_environment``, previews (``target: null``) to ``preview_environment``."""
+
+    class ChecksApi(models.TextChoices):
+        PROJECT = "project", "project-level checks with check runs"
+        LEGACY = "legacy", "per-deployment checks (deprecated)"
+
+    project = models.OneToOneField("gates.Project", on_delete=models.CASCADE, related_name="vercel")
+    team_id = models.CharField(
+        max_length=100, blank=True, help_text="Sent as ?teamId= on every call; empty for a personal account."
+    )
+    token = EncryptedTextField(
+        blank=True, help_text="The integration's access token (Vercel's checks need an OAuth2 token)."
+    )
+    protection_bypass_secret = EncryptedTextField(
+        blank=True,
+        help_text="Protection Bypass for Automation: sent as x-vercel-protection-bypass so protected "
+        "deployments can be load-tested.",
+    )
+    checks_api = models.CharField(max_length=10, choices=ChecksApi.choices, default=ChecksApi.PROJECT)
+    check_id = models.CharField(
+        max_length=100,
+        blank=True,
+        editable=False,
+        help_text="perfgate's project-level check on Vercel (made on first use).",
+    )
+    production_environment = models.CharField(
+        max_length=20, default="production", help_text="perfgate environment of production deployments."
+    )
+    preview_environment = models.CharField(
+        max_length=20, default="staging", help_text="perfgate environment of preview deployments."
+    )
+    scenario = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="Scenario run on each deployment; empty: the environment's default.",
+    )
+    api_url = models.CharField(
+        max_length=200,
+        blank=True,
+        validators=[URLValidator(schemes=["https", "http"])],
+        help_text="Empty: the VERCEL_API_URL setting (api.vercel.com).",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "Vercel connection"
+
+    def __str__(self):
+        return f"{self.project.slug} on Vercel"
+
+    @property
+    def base_url(self) -> str:
+        return (self.api_url or settings.VERCEL_API_URL).rstrip("/")
+
+    def environment_name(self, target: str | None) -> str:
+        """The perfgate environment of a deployment with this Vercel ``target``."""
+        return self.production_environment if target == "production" else self.preview_environment
+
+
+class VercelCheck(models.Model):
+    """perfgate's check on one Vercel deployment, for one validation (an attempt): a check run of
+    the project-level check, or a legacy per-deployment check. A rerun from Vercel's dashboard is
+    a new validation on the same Vercel check, so several rows may share ``vercel_id``."""
+
+    validation = models.ForeignKey("gates.Validation", on_delete=models.CASCADE, related_name="vercel_checks")
+    deployment_id = models.CharField(max_length=100, db_index=True)
+    api = models.CharField(max_length=10, choices=VercelConnection.ChecksApi.choices)
+    vercel_id = models.CharField(
+        max_length=100, blank=True, help_text="The check run's or legacy check's id, once made."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "Vercel check"
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["validation", "deployment_id"], name="vercel_check_once"),
+        ]
+
+    def __str__(self):
+        return f"perfgate check on {self.deployment_id} ({self.api})"
 
 
 class OutboundCall(models.Model):

@@ -97,6 +97,18 @@ def deliver_one(call: OutboundCall) -> str:
     now = timezone.now()
     try:
         _deliverer(call.provider)(call)
+    except http.Pending as exc:
+        wait = exc.retry_after or 1.0
+        OutboundCall.objects.filter(pk=call.pk).update(
+            state=OutboundCall.State.PENDING,
+            next_attempt_at=now + timedelta(seconds=wait),
+            claimed_until=None,
+            last_error="",
+        )
+        logger.info(
+            "outbox: %s #%s is under way; looked at again in %.1f s: %s", call.kind, call.pk, wait, exc
+        )
+        return "retrying"
     except http.TryLater as exc:
         attempts = call.attempts + 1
         give_up_at = call.created_at + timedelta(hours=settings.PERFGATE_OUTBOX_GIVE_UP_HOURS)

@@ -3,6 +3,10 @@
 ``POST /api/ci-cd/webhooks/github`` checks ``X-Hub-Signature-256`` (HMAC-SHA256 of the raw body
 with ``GITHUB_WEBHOOK_SECRET``, compared in constant time) before anything is stored. A delivery
 id seen before is acknowledged and not processed again (GitHub redelivers with the same id).
+
+Storing a delivery once (``webhook_store``) and processing it once (``webhook_process``) are
+shared by every provider: another provider's view stores its deliveries here, and its table of
+handlers is registered with ``register_handlers`` (``IntegrationsConfig.ready``).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import hmac
 import logging
 import tempfile
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,9 +33,10 @@ from rest_framework.views import APIView
 from gates.api import errors
 from gates.audit import Actor
 from gates.errors import ServiceError
-from gates.models import Environment, Project, Validation
+from gates.models import Environment, Project, Validation, Watch
 from gates.results.common import holds_nul
 from gates.services import validation_request
+from gates.services.watches import watch_start
 from integrations.github import workflows
 from integrations.github.report import record_rejection, record_review
 from integrations.models import DeploymentReview, WebhookDelivery
@@ -81,7 +87,7 @@ class GitHubWebhookView(APIView):
             raise exceptions.AuthenticationFailed(
                 "GitHub webhooks are not configured (GITHUB_WEBHOOK_SECRET)."
             )
-        body = _raw_body(request)
+        body = read_raw_body(request)
         if not signature_valid(secret, body, request.headers.get("X-Hub-Signature-256")):
             raise exceptions.AuthenticationFailed("Missing or invalid X-Hub-Signature-256.")
         event = request.headers.get("X-GitHub-Event", "")
@@ -98,7 +104,8 @@ class GitHubWebhookView(APIView):
         return Response({"delivery": delivery_id, "status": state}, status=status.HTTP_202_ACCEPTED)
 
 
-def _raw_body(request) -> bytes:
+def read_raw_body(request) -> bytes:
+    """The request body as sent (signatures are over these bytes), at most PERFGATE_WEBHOOK_MAX_BYTES."""
     limit = settings.PERFGATE_WEBHOOK_MAX_BYTES
     length = request.META.get("CONTENT_LENGTH") or "0"
     if not length.isdigit() or int(length) > limit:
@@ -107,27 +114,44 @@ def _raw_body(request) -> bytes:
 
 
 def webhook_receive(*, event: str, delivery_id: str, payload: dict) -> str:
-    """Store a verified delivery once and queue its processing: "queued", "ignored" or
+    """Store a verified GitHub delivery once and queue its processing: "queued", "ignored" or
     "duplicate". Events perfgate does not handle are stored (for dedupe and the record) only."""
-    handled = event in HANDLERS
-    state = WebhookDelivery.State.QUEUED if handled else WebhookDelivery.State.IGNORED
+    ignored = ""
+    if event not in HANDLERS:
+        ignored = "pong" if event == "ping" else "event not used by perfgate"
+    return webhook_store(
+        provider="github",
+        event=event,
+        delivery_id=delivery_id,
+        action=str(payload.get("action", "")),
+        payload=payload,
+        ignored=ignored,
+    )
+
+
+def webhook_store(
+    *, provider: str, event: str, delivery_id: str, payload: dict, action: str = "", ignored: str = ""
+) -> str:
+    """Store a verified delivery once per (provider, delivery id) and queue its processing:
+    "queued", "ignored" (``ignored`` says why, and is its recorded result) or "duplicate"."""
+    state = WebhookDelivery.State.IGNORED if ignored else WebhookDelivery.State.QUEUED
     try:
         with transaction.atomic():
             delivery = WebhookDelivery.objects.create(
-                provider="github",
+                provider=provider,
                 delivery_id=delivery_id,
-                event=event,
-                action=str(payload.get("action", ""))[:100],
+                event=event[:100],
+                action=action[:100],
                 payload=payload,
                 state=state,
-                result="" if handled else ("pong" if event == "ping" else "event not used by perfgate"),
-                processed_at=None if handled else timezone.now(),
+                result=ignored[:2000],
+                processed_at=timezone.now() if ignored else None,
             )
-            if handled:
+            if not ignored:
                 transaction.on_commit(lambda: _queue(delivery.pk))
     except IntegrityError:
         return "duplicate"
-    return "queued" if handled else "ignored"
+    return "ignored" if ignored else "queued"
 
 
 def _queue(delivery_pk: int) -> None:
@@ -176,12 +200,13 @@ def webhook_process(delivery_pk: int) -> str:
             return "being processed by another worker"
         return f"already {state}"
     delivery = WebhookDelivery.objects.get(pk=delivery_pk)
-    handler = HANDLERS[delivery.event]
-    download = DOWNLOADS.get(delivery.event)
     mine = WebhookDelivery.objects.filter(
         pk=delivery_pk, state=WebhookDelivery.State.PROCESSING, claimed_until=claimed_until
     )
     try:
+        handlers, downloads = handlers_for(delivery.provider)
+        handler = handlers[delivery.event]
+        download = downloads.get(delivery.event)
         with tempfile.TemporaryDirectory(prefix="perfgate-webhook-") as workdir:
             # Slow I/O first, outside the transaction: on SQLite a transaction holds the write lock.
             downloaded = download(delivery.payload, Path(workdir)) if download else None
@@ -374,6 +399,85 @@ def _check_run(payload: dict, delivery: WebhookDelivery, downloaded=None) -> str
     )
 
 
+def _deployment_status(payload: dict, delivery: WebhookDelivery, downloaded=None) -> str:
+    """A deployment reached an environment: a ``success`` in an environment perfgate watches
+    starts the watch of the validation that let this commit out (one per validation, however
+    many deliveries say so). Anything else is recorded with the reason nothing was done."""
+    if payload.get("action") != "created":
+        return f"ignored action {payload.get('action')!r}"
+    status = payload.get("deployment_status") or {}
+    deployment = payload.get("deployment") or {}
+    if status.get("state") != "success":
+        return (
+            f"deployment {deployment.get('id')} is {status.get('state')!r}, not a success: nothing to watch"
+        )
+    project = _project_of(payload)
+    if project is None:
+        return "no perfgate project for this repository"
+    github_environment = str(status.get("environment") or deployment.get("environment") or "")
+    environment = _environment(project, github_environment)
+    if environment is None:
+        return (
+            f"perfgate has no environment {github_environment!r} for project {project.slug}: nothing watched"
+        )
+    if environment.watch_scenario_id is None:
+        return f"environment {environment.name} has no watch scenario: nothing watched"
+    sha = str(deployment.get("sha") or "")
+    validation = _validation_of_deployment(environment, sha, deployment.get("id"))
+    if validation is None:
+        return f"no validation of commit {sha[:12] or '?'} in {environment.name}: nothing watched"
+    if not validation.deployment_allowed:
+        return (
+            f"validation {validation.pk} of commit {sha[:12]} is {validation.status}: "
+            "only a deployment perfgate let out is watched"
+        )
+    existed = Watch.objects.filter(validation=validation).exists()
+    try:
+        watch = watch_start(
+            validation=validation,
+            actor=_actor(payload),
+            source=Watch.Source.GITHUB,
+            deployment_id=str(deployment.get("id") or ""),
+            deployment_url=_deployment_url(status, deployment),
+        )
+    except ServiceError as exc:
+        return f"not watched: {exc}"
+    done = "already watched" if existed else "watch started"
+    return f"deployment {deployment.get('id')}: {done} (watch {watch.pk}, validation {validation.pk})"
+
+
+def _validation_of_deployment(environment: Environment, sha: str, deployment_id) -> Validation | None:
+    """The newest validation of ``sha`` in ``environment`` that allowed the deployment, preferring
+    one made for this very deployment; else the newest of the commit (to say why it is not
+    watched); None when the commit was never validated there."""
+    if not sha:
+        return None
+    candidates = list(
+        Validation.objects.filter(environment=environment, git_hash=sha).order_by("-created_at")[:50]
+    )
+    allowed = [v for v in candidates if v.deployment_allowed]
+    for validation in allowed:
+        if deployment_id and str((validation.deployment_context or {}).get("deploymentId")) == str(
+            deployment_id
+        ):
+            return validation
+    return (allowed or candidates or [None])[0]
+
+
+def _deployment_url(status: dict, deployment: dict) -> str:
+    """Where the deployment serves: the status's ``environment_url``, else a URL the deployment's
+    own payload names (deployment tools put it there under various keys), else nothing (the
+    watch then probes the validation's target)."""
+    if status.get("environment_url"):
+        return str(status["environment_url"])
+    extra = deployment.get("payload")
+    if isinstance(extra, dict):
+        for key in ("environment_url", "web_url", "url"):
+            if isinstance(extra.get(key), str) and extra[key].startswith(("http://", "https://")):
+                return extra[key]
+    return ""
+
+
 def _uuid(text: str) -> bool:
     try:
         uuid.UUID(text)
@@ -388,5 +492,24 @@ HANDLERS = {
     "deployment_protection_rule": _deployment_protection_rule,
     "workflow_run": _workflow_run,
     "check_run": _check_run,
+    "deployment_status": _deployment_status,
 }
 DOWNLOADS = {"workflow_run": _workflow_run_download}
+
+Handler = Callable[[dict, WebhookDelivery, object], str]
+_providers: dict[str, tuple[dict[str, Handler], dict]] = {}
+
+
+def register_handlers(provider: str, handlers: dict[str, Handler], downloads: dict | None = None) -> None:
+    """What each event of another provider's deliveries does (its view stores them with
+    ``webhook_store``): the same contract as ``HANDLERS`` and ``DOWNLOADS``."""
+    _providers[provider] = (handlers, downloads or {})
+
+
+def handlers_for(provider: str) -> tuple[dict[str, Handler], dict]:
+    """The handlers and downloads of ``provider``'s deliveries."""
+    if provider == "github":
+        return HANDLERS, DOWNLOADS
+    if provider not in _providers:
+        raise LookupError(f"No webhook handlers are registered for {provider!r} deliveries.")
+    return _providers[provider]

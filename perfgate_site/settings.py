@@ -299,6 +299,31 @@ PERFGATE_WORKFLOW_POLL_SECONDS = env.float("PERFGATE_WORKFLOW_POLL_SECONDS", def
 # Minutes between scheduled outbox deliveries (retries; new calls are sent at once).
 PERFGATE_OUTBOX_MINUTES = env.int("PERFGATE_OUTBOX_MINUTES", default=1)
 
+# Vercel: the API (its base URL is a setting so tests can point it at a local fake), the
+# integration's webhook secret (x-vercel-signature), and how long one call may take.
+VERCEL_API_URL = env.str("VERCEL_API_URL", default="https://api.vercel.com").rstrip("/")
+VERCEL_WEBHOOK_SECRET = env.str("VERCEL_WEBHOOK_SECRET", default="")
+VERCEL_TIMEOUT_SECONDS = env.float("VERCEL_TIMEOUT_SECONDS", default=10.0)
+# Vercel deployment URLs come without a scheme; they are served over https. (A test or a local
+# stand-in of Vercel serves its deployments over plain http on loopback.)
+PERFGATE_VERCEL_DEPLOYMENT_SCHEME = env.str("PERFGATE_VERCEL_DEPLOYMENT_SCHEME", default="https")
+if PERFGATE_VERCEL_DEPLOYMENT_SCHEME not in ("https", "http"):
+    raise ImproperlyConfigured("PERFGATE_VERCEL_DEPLOYMENT_SCHEME is https or http.")
+
+# Watching production after a deploy. A probe is gentle: at most this many VUs for this long.
+PERFGATE_PROBE_MAX_VUS = env.int("PERFGATE_PROBE_MAX_VUS", default=5)
+PERFGATE_PROBE_MAX_SECONDS = env.int("PERFGATE_PROBE_MAX_SECONDS", default=30)
+# A watch is run by one task at a time, which holds it with a lease like a validation's; a task
+# hands the watch on to a fresh one after this many seconds (tasks have a timeout).
+PERFGATE_WATCH_TASK_SECONDS = env.int("PERFGATE_WATCH_TASK_SECONDS", default=600)
+# Seconds between two looks at a rollback Vercel (the alias request) or GitHub (the workflow run)
+# is carrying out, and how many tries a rollback call gets before it is given up, loudly.
+PERFGATE_ROLLBACK_POLL_SECONDS = env.float("PERFGATE_ROLLBACK_POLL_SECONDS", default=2.0)
+PERFGATE_ROLLBACK_MAX_ATTEMPTS = env.int("PERFGATE_ROLLBACK_MAX_ATTEMPTS", default=5)
+# Alertmanager: the alert labels that name the project and the environment.
+PERFGATE_ALERT_PROJECT_LABEL = env.str("PERFGATE_ALERT_PROJECT_LABEL", default="service")
+PERFGATE_ALERT_ENVIRONMENT_LABEL = env.str("PERFGATE_ALERT_ENVIRONMENT_LABEL", default="environment")
+
 # Seconds a process trusts a token it verified before asking the database again; a revoked token
 # stops working in every process within this time (at once in the one that revoked it).
 PERFGATE_TOKEN_CACHE_SECONDS = env.float("PERFGATE_TOKEN_CACHE_SECONDS", default=5.0)

@@ -26,7 +26,8 @@ Validation
     completed, output title and summary, summary and text <= 65535, at most 50 annotations per
     request, each complete), issue comments (body <= 65536, only the author edits), deployment
     protection reviews (approved|rejected, comment <= 1024, one review per run and environment),
-    workflow dispatches (ref, at most 25 scalar inputs). Errors have GitHub's shape: 422
+    workflow dispatches (ref, at most 25 scalar inputs; for a workflow declared with
+    ``declare_workflow``, only its inputs and every required one). Errors have GitHub's shape: 422
     "Validation Failed" with ``errors``, 400 "Problems parsing JSON".
 
 Behaviour
@@ -235,6 +236,8 @@ class FakeGitHub:
         self.runs: dict[int, dict] = {}
         self.artifacts: dict[int, dict] = {}  # id -> {id, name, run_id, repo, data, created_at}
         self.workflows: dict[str, int] = {"performance.yml": 161335}  # file name -> workflow id
+        # file name -> {input name: required}, for workflows whose inputs are declared
+        self.workflow_inputs: dict[str, dict[str, bool]] = {}
         self.tokens_issued = 0
         # False: answer return_run_details like an older GitHub Enterprise Server (422).
         self.run_details_supported = True
@@ -310,6 +313,13 @@ class FakeGitHub:
                 conclusion=conclusion if status == "completed" else None,
                 inputs={},
             )
+
+    def declare_workflow(self, file_name: str, inputs: dict[str, bool]) -> None:
+        """A workflow whose ``on.workflow_dispatch.inputs`` are ``inputs`` (name → required): a
+        dispatch with another input, or without a required one, is refused as GitHub does."""
+        with self._lock:
+            self.workflows.setdefault(file_name, 160000 + len(self.workflows))
+            self.workflow_inputs[file_name] = dict(inputs)
 
     def complete_run(self, run_id, *, conclusion="success", artifacts: dict[str, bytes] | None = None):
         with self._lock:
@@ -910,6 +920,14 @@ class FakeGitHub:
         for key, value in inputs.items():
             if not isinstance(value, str | int | float | bool):
                 raise invalid("WorkflowDispatch", f"inputs.{key}", "invalid", "input values must be scalars")
+        declared = self.workflow_inputs.get(file_name)
+        if declared is not None:
+            unexpected = sorted(set(inputs) - set(declared))
+            if unexpected:
+                raise Refused(422, f"Unexpected inputs provided: {json.dumps(unexpected)}")
+            missing = [name for name, required in declared.items() if required and name not in inputs]
+            if missing:
+                raise Refused(422, f"Required input '{missing[0]}' not provided")
         if "return_run_details" in body and not self.run_details_supported:
             # Like a GitHub Enterprise Server that predates the parameter.
             raise Refused(422, 'Invalid request.\n\n"return_run_details" is not a permitted key.')

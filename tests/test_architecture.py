@@ -20,7 +20,8 @@ GATE_EDGE = ("gates.api", "gates.views", "gates.urls", "gates.admin", "gates.man
 GATE_TO_INTEGRATIONS = {
     "gates.api": ("integrations.auth", "integrations.models"),
     "gates.views": ("integrations.auth",),
-    "gates.management.commands.demo": ("integrations.services",),
+    # The demo connects its project to its local stand-in of Vercel's API.
+    "gates.management.commands.demo": ("integrations.services", "integrations.models"),
 }
 # Baselines belong to the gate domain; the core reads them, and only the edge asks them to change.
 CORE_TO_BASELINES = ("baselines.models", "baselines.selectors", "baselines.stats")
@@ -219,5 +220,6 @@ def test_type_checking_imports_and_app_wiring_are_not_dependencies():
 def test_integrations_plug_into_the_gate_at_start_up():
     from gates import registry
 
-    assert list(registry.listeners()) == ["baselines", "github"]
+    assert list(registry.listeners()) == ["baselines", "github", "vercel"]
     assert set(registry.runners()) == {"k6", "locust", "github"}
+    assert list(registry.header_sources()) == ["vercel"]

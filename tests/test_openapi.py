@@ -64,13 +64,19 @@ def test_every_operation_conforms_to_the_schema(case, ops_token):
     )
 
 
+# Alertmanager's body is parsed tolerantly on purpose (newer senders add fields): its schema lets
+# unknown fields through, and that is the truth.
+TOLERANT_PATHS = ("/api/ci-cd/performance/alerts",)
+
+
 def request_bodies(schema: dict) -> dict[str, dict]:
-    """Every request body of the CI API, and every object it nests, by component name."""
+    """Every request body of the CI API, and every object it nests, by component name (but the
+    tolerant ones)."""
     components = schema["components"]["schemas"]
     pending = [
         media["schema"]["$ref"]
         for path, operations in schema["paths"].items()
-        if path.startswith("/api/ci-cd/performance/")
+        if path.startswith("/api/ci-cd/performance/") and path not in TOLERANT_PATHS
         for operation in operations.values()
         for media in operation.get("requestBody", {}).get("content", {}).values()
     ]

@@ -10,6 +10,15 @@ Exit codes, so a CI script never has to interpret statuses:
 - 1: deployment blocked
 - 2: still pending (at ``--timeout``, or ``validate`` without ``--wait``), or an inconclusive verdict
 - 3: usage error, authentication or permission error, bad request, or the server stayed unreachable
+
+``perfgate watch`` (after a deployment reached production) has its own meanings for 0 to 2:
+
+- 0: the watch ended healthy, or was stopped (superseded by a newer deployment, or by a person);
+  without ``--wait``, also: the watch started (or was already running)
+- 1: the deployment degraded: its watch ended degraded, or it was rolled back
+- 2: the watch ended errored (its probes could not run) or inconclusive (a person decides), or it
+  was still running at ``--timeout``
+- 3: as above
 """
 
 from __future__ import annotations
@@ -43,6 +52,9 @@ EXIT_ERROR = 3
 PENDING_STATUSES = frozenset({"queued", "running"})
 VALIDATE_PATH = "/api/ci-cd/performance/validate"
 STATUS_PATH = "/api/ci-cd/performance/status/"
+WATCH_PATH = "/api/ci-cd/performance/watch"
+ACTIVE_WATCH_STATES = frozenset({"waiting", "watching"})
+ROLLED_BACK_STATES = frozenset({"approved", "running", "succeeded"})
 RESULTS_FORMATS = "k6-summary-export, k6-handle-summary, k6-ndjson, locust-csv, locust-json, jmeter-jtl"
 
 # Retries: exponential backoff with jitter. The base comes from the environment so tests (and
@@ -61,6 +73,12 @@ POLL_TIMEOUT_MARGIN = 15.0
 LONG_POLL_SECONDS = 25
 # An older server (or a proxy) may answer a long poll at once: never poll faster than this.
 MIN_POLL_INTERVAL = 1.0
+# A watch changes once per probe interval (a minute by default); its status is read this often.
+WATCH_POLL_SECONDS = 15.0
+# `watch --wait` without --timeout waits until the window ends, plus this for the last probe and
+# the clocks of two machines.
+WATCH_GRACE_SECONDS = 300.0
+DEFAULT_TIMEOUT = 900.0
 UPLOAD_CHUNK = 1 << 20
 
 TOKEN_PATTERN = re.compile(r"pg_[A-Za-z0-9_\-]{6,}")
@@ -197,6 +215,12 @@ class Client:
             headers=headers,
             body=lambda: MultipartBody(request_json, results, boundary),
             timeout=UPLOAD_TIMEOUT,
+        )
+
+    def watch(self, request_json: bytes) -> dict:
+        # Starting a watch twice answers the same watch: a retry is harmless.
+        return self._call(
+            "POST", WATCH_PATH, headers={"Content-Type": "application/json"}, body=lambda: request_json
         )
 
     def status(self, project: str, environment: str, build_id: str, wait: int | None = None) -> dict:
@@ -520,6 +544,9 @@ def report(validation: dict, base_url: str, output: Output) -> None:
         if links.get(name):
             link = links[name]
             output.out(f"{name.capitalize()}: {link if '://' in link else base_url + link}")
+    if validation.get("watch"):
+        for line in watch_lines(validation["watch"]):
+            output.out(line)
     output.out(summary_line(validation))
 
 
@@ -595,6 +622,210 @@ def run_status(args, client: Client, output: Output, started: float) -> int:
     return finish(validation, args, client, output)
 
 
+def watch_request(args) -> dict:
+    """The JSON document of ``POST …/watch``, without the keys that were not given."""
+    document = {"project": args.project, "buildId": args.build, "environment": args.environment}
+    for key, value in (
+        ("deploymentUrl", args.deployment_url),
+        ("deploymentId", args.deployment_id),
+        ("baselineUrl", args.baseline_url),
+    ):
+        if value:
+            document[key] = value
+    return document
+
+
+def watch_is_active(watch: dict) -> bool:
+    return watch.get("state") in ACTIVE_WATCH_STATES
+
+
+def watch_exit_code(watch: dict) -> int:
+    """0 healthy or stopped (or still watching, when not waiting), 1 degraded or rolled back,
+    2 errored, inconclusive, or still watching at the timeout (``finish_watch`` says which)."""
+    rollback = watch.get("rollback") or {}
+    if watch.get("state") == "degraded" or rollback.get("state") in ROLLED_BACK_STATES:
+        return EXIT_BLOCKED
+    if watch.get("state") in ("errored", "inconclusive"):
+        return EXIT_PENDING
+    return EXIT_ALLOWED
+
+
+def _clock(value: str | None) -> str:
+    """An API timestamp as HH:MM:SS UTC (the whole value when it is not one)."""
+    if not value:
+        return "—"
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return f"{moment.astimezone(UTC):%H:%M:%S} UTC"
+
+
+def _seconds_text(seconds) -> str:
+    return _duration(float(seconds)) if isinstance(seconds, int | float) else "?"
+
+
+def watch_progress_line(watch: dict) -> str:
+    """One line per change while waiting: state, probes, the last one, and what comes next."""
+    probes = watch.get("probes") or {}
+    parts = [
+        f"perfgate: watch {watch.get('state')}",
+        f"{probes.get('run', 0)} probes ({probes.get('failures', 0)} failed, "
+        f"{probes.get('errors', 0)} errors)",
+    ]
+    last = watch.get("lastProbe")
+    if last:
+        parts.append(f"probe {last.get('number')}: {last.get('outcome')}")
+    if watch_is_active(watch):
+        parts.append(
+            f"next probe {_clock(watch.get('nextProbeAt'))}, window ends {_clock(watch.get('endsAt'))}"
+        )
+    return ", ".join(parts)
+
+
+def watch_lines(watch: dict) -> list[str]:
+    """The watch as ``perfgate watch`` and ``perfgate status`` print it."""
+    policy = watch.get("policy") or {}
+    probes = watch.get("probes") or {}
+    state = watch.get("state")
+    headline = f"Watch: {state}"
+    if watch.get("dryRun"):
+        headline += " (dry run: nothing is rolled back)"
+    lines = [headline]
+    if watch.get("stateReason"):
+        lines.append(f"  {watch['stateReason']}")
+    deployment = f" (deployment {watch['deploymentId']})" if watch.get("deploymentId") else ""
+    lines.append(f"  Target: {watch.get('targetUrl')}{deployment}, started by {watch.get('source')}")
+    in_a_row = " in a row" if policy.get("consecutive") else ""
+    lines.append(
+        f"  Policy: probe {policy.get('scenario')} every {_seconds_text(policy.get('interval'))} for "
+        f"{_seconds_text(policy.get('window'))}; degraded after more than {policy.get('failureLimit')} "
+        f"failures{in_a_row}; "
+        + ("rolls back automatically" if policy.get("autoRollback") else "a person approves a rollback")
+    )
+    lines.append(
+        f"  Probes: {probes.get('run', 0)} run, {probes.get('failures', 0)} failed "
+        f"({probes.get('consecutiveFailures', 0)} in a row), {probes.get('inconclusive', 0)} inconclusive, "
+        f"{probes.get('errors', 0)} could not run"
+    )
+    last = watch.get("lastProbe")
+    if last:
+        lines.append(
+            f"  Last probe: {last.get('number')} ({last.get('trigger')}) {last.get('outcome')} at "
+            f"{_clock(last.get('finishedAt'))}: {last.get('reason') or '—'}"
+        )
+    if watch_is_active(watch):
+        lines.append(
+            f"  Next probe: {_clock(watch.get('nextProbeAt'))}; window ends {_clock(watch.get('endsAt'))}"
+        )
+    else:
+        lines.append(f"  Ended: {_clock(watch.get('finishedAt'))}")
+    lines.append(f"  Probe baseline: {watch.get('baseline') or '—'}")
+    if watch.get("wouldRollBack"):
+        lines.append("  Dry run: a real watch would have rolled this deployment back.")
+    rollback = watch.get("rollback")
+    if rollback:
+        via = f" via {rollback['via']}" if rollback.get("via") else ""
+        target = f" to build {rollback['targetBuildId']}" if rollback.get("targetBuildId") else ""
+        lines.append(f"  Rollback: {rollback.get('state')}{via}{target} ({rollback.get('trigger')})")
+        for key in ("reason", "detail"):
+            for text in (rollback.get(key) or "").splitlines()[:3]:
+                lines.append(f"    {text}")
+    for notice in watch.get("notices") or []:
+        lines.append(f"  ! [{notice.get('level')}] {notice.get('title')} ({_clock(notice.get('createdAt'))})")
+    return lines
+
+
+def watch_summary_line(watch: dict) -> str:
+    """One line CI logs can be grepped for."""
+    outcome = {
+        EXIT_ALLOWED: "ok" if not watch_is_active(watch) else "watching",
+        EXIT_BLOCKED: "DEGRADED",
+        EXIT_PENDING: "needs a person",
+    }[watch_exit_code(watch)]
+    rollback = watch.get("rollback") or {}
+    if rollback.get("state") in ROLLED_BACK_STATES:
+        outcome = f"ROLLED BACK ({rollback['state']})"
+    return (
+        f"{watch.get('project')}/{watch.get('environment')} build {watch.get('buildId')}: "
+        f"watch {watch.get('state')} → {outcome}"
+    )
+
+
+def _watch_deadline(watch: dict) -> float | None:
+    """The monotonic time by which the watch must have ended: its window's end and a grace."""
+    try:
+        ends = datetime.fromisoformat(watch.get("endsAt") or "")
+    except ValueError:
+        return None
+    if ends.tzinfo is None:
+        ends = ends.replace(tzinfo=UTC)
+    return time.monotonic() + (ends - datetime.now(UTC)).total_seconds() + WATCH_GRACE_SECONDS
+
+
+def wait_for_watch(client: Client, args, watch: dict, output: Output) -> dict:
+    """Read the build's status every WATCH_POLL_SECONDS until its watch ends or time runs out."""
+    last_line = watch_progress_line(watch)
+    output.err(last_line)
+    while watch_is_active(watch) and client.remaining() > 0:
+        time.sleep(max(0.0, min(WATCH_POLL_SECONDS, client.remaining())))
+        validation = client.status(args.project, args.environment, args.build)
+        found = validation.get("watch")
+        if not isinstance(found, dict):
+            raise CommandError(f"the status of build {args.build} shows no watch any more")
+        watch = found
+        line = watch_progress_line(watch)
+        if line != last_line:
+            output.err(line)
+            last_line = line
+    return watch
+
+
+def finish_watch(watch: dict, args, output: Output) -> int:
+    if args.json:
+        output.out(json.dumps(watch, indent=2, sort_keys=True))
+    else:
+        for line in watch_lines(watch):
+            output.out(line)
+        output.out(watch_summary_line(watch))
+    if watch_is_active(watch):
+        if args.wait:
+            output.err(
+                "perfgate: still watching at --timeout; the watch goes on. "
+                f"Follow it with: {_watch_command(args)}"
+            )
+            return EXIT_PENDING
+        output.err(f"perfgate: watching; follow it with: {_watch_command(args)}")
+        return EXIT_ALLOWED
+    code = watch_exit_code(watch)
+    if code == EXIT_PENDING:
+        output.err(
+            "perfgate: the watch could not decide (errored or inconclusive): a person should look at it."
+        )
+    return code
+
+
+def _watch_command(args) -> str:
+    return (
+        f"perfgate watch --project {args.project} --environment {args.environment} "
+        f"--build {args.build} --wait"
+    )
+
+
+def run_watch(args, client: Client, output: Output) -> int:
+    request_json = json.dumps(watch_request(args), sort_keys=True, separators=(",", ":")).encode()
+    watch = client.watch(request_json)
+    if args.wait and watch_is_active(watch):
+        if args.timeout is None:
+            deadline = _watch_deadline(watch)
+            if deadline is not None:
+                client.deadline = max(client.deadline, deadline)
+        watch = wait_for_watch(client, args, watch, output)
+    return finish_watch(watch, args, output)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(f"{message}\n{self.format_usage().strip()}")
@@ -619,7 +850,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="perfgate",
         description="Ask perfgate whether a build may deploy: start a performance validation or "
         "read its status, optionally wait for the verdict, and exit 0 (allowed), 1 (blocked), "
-        "2 (pending or inconclusive) or 3 (usage, authentication, request or network error).",
+        "2 (pending or inconclusive) or 3 (usage, authentication, request or network error). "
+        "After the deploy, `perfgate watch` has production watched (see `perfgate watch --help`).",
         epilog="The server and token come from PERFGATE_URL and PERFGATE_TOKEN (flags override). "
         "Prefer the environment variable for the token: command lines show up in process lists.",
     )
@@ -635,17 +867,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--timeout",
         type=_positive_float,
-        default=900.0,
+        default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
         help="give up waiting (and retrying) after this long; exit 2 if still pending (default 900)",
     )
-    common.add_argument(
-        "--url", help="perfgate server, e.g. https://perfgate.example (default $PERFGATE_URL)"
-    )
-    common.add_argument("--token", help="API token (default $PERFGATE_TOKEN; the environment is safer)")
-    common.add_argument(
-        "--json", action="store_true", help="print the final JSON response instead of a table"
-    )
+    _connection_options(common)
 
     validate = commands.add_parser(
         "validate",
@@ -686,10 +912,62 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "status",
         parents=[common],
-        help="show the latest validation of a build",
-        description="Show the latest validation of a build; with --wait, follow it to its verdict.",
+        help="show the latest validation of a build (and its watch, once it is watched)",
+        description="Show the latest validation of a build; with --wait, follow it to its verdict. "
+        "Once the deployment is watched in production, the watch is shown too.",
     )
+
+    watch = commands.add_parser(
+        "watch",
+        help="watch a deployment after it reached production",
+        description="Start watching a deployment once it serves production: perfgate probes it gently "
+        "every interval for a window and rolls it back by the environment's policy when it degrades. "
+        "The build's validation must have let it out. Asking again answers with the same watch. "
+        "Exit codes: 0 healthy or stopped (without --wait: the watch is on), 1 degraded or rolled "
+        "back, 2 errored, inconclusive, or still watching at --timeout, 3 usage, token, request or "
+        "network error.",
+    )
+    watch.add_argument("--project", required=True, help="project slug, e.g. wedsync-web")
+    watch.add_argument(
+        "--build", "--build-id", dest="build", required=True, metavar="BUILD_ID", help="the build deployed"
+    )
+    watch.add_argument("--environment", default="production", help="default production")
+    watch.add_argument(
+        "--deployment-url",
+        metavar="URL",
+        help="what to probe (allowlisted); default: the validation's target URL",
+    )
+    watch.add_argument("--deployment-id", metavar="ID", help="the provider's deployment id")
+    watch.add_argument(
+        "--baseline-url",
+        metavar="URL",
+        help="the previous production deployment, probed for a baseline when no earlier watch gives one",
+    )
+    watch.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until the watch ends, printing each change to stderr; exit by its outcome",
+    )
+    watch.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="give up waiting (and retrying) after this long; exit 2 if still watching "
+        f"(default: the watch's window and {WATCH_GRACE_SECONDS / 60:g} min more)",
+    )
+    _connection_options(watch)
     return parser
+
+
+def _connection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url", help="perfgate server, e.g. https://perfgate.example (default $PERFGATE_URL)"
+    )
+    parser.add_argument("--token", help="API token (default $PERFGATE_TOKEN; the environment is safer)")
+    parser.add_argument(
+        "--json", action="store_true", help="print the final JSON response instead of a table"
+    )
 
 
 def _secrets_in(argv: list[str], environ) -> list[str]:
@@ -739,10 +1017,12 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_ERROR
     output = Output([*_secrets_in(argv, os.environ), token])
     started = time.monotonic()
-    client = Client(url, token, started + args.timeout, output)
+    client = Client(url, token, started + (args.timeout or DEFAULT_TIMEOUT), output)
     try:
         if args.command == "validate":
             return run_validate(args, client, output, started)
+        if args.command == "watch":
+            return run_watch(args, client, output)
         return run_status(args, client, output, started)
     except CommandError as exc:
         output.err(f"perfgate: {exc}")

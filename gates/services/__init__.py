@@ -3,7 +3,8 @@ the acting ``Actor``, and writes its audit event in the same transaction.
 
 ``validations``: asking (one way in: ``validation_request``), evaluating, blocking, errors.
 ``runs``: claiming, leases, cancelling, reaping. ``bypasses``: emergency bypasses and their
-four-eyes approval. ``calibration``: storing a scenario's measured noise.
+four-eyes approval. ``calibration``: storing a scenario's measured noise. ``watches``: watching
+production after a deploy, probes, rollbacks and notices.
 """
 
 from gates.services.bypasses import bypass_approve, bypass_expire_due, bypass_reject, bypass_request
@@ -20,6 +21,7 @@ from gates.services.validations import (
     validation_dispatch_pending,
     validation_evaluate,
     validation_record_error,
+    validation_release,
     validation_request,
 )
 
@@ -36,6 +38,7 @@ __all__ = [
     "validation_evaluate",
     "validation_reap_expired",
     "validation_record_error",
+    "validation_release",
     "validation_renew_lease",
     "validation_request",
     "worker_actor",

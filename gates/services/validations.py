@@ -52,6 +52,7 @@ from gates.plans import AppliedRule, Plan, plan_of, validation_plan, validation_
 from gates.registry import Change, announce
 from gates.results import parse_results
 from gates.results.base import ParseError, ResultSet
+from gates.targets import TargetRefused, ports_of, resolve_target
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,8 @@ def validation_request(
     idempotency_key: str | None = None,
     request_document: dict | None = None,
     results_digest: str = "",
+    hold: bool = False,
+    extra_hosts: tuple[str, ...] | list[str] = (),
 ) -> tuple[Validation, bool]:
     """CI's "may this build deploy?": (validation, created).
 
@@ -135,13 +138,19 @@ def validation_request(
     The same build asked again gets its existing validation, with its outcome unchanged. An
     ``Idempotency-Key`` seen before with a different request (``request_document`` and the
     uploaded results' ``results_digest``) is refused.
+
+    ``hold`` queues the load test without sending it to a worker: ``validation_release`` sends it
+    once the deployment is ready (a Vercel deployment is tested when its URL answers).
+    ``extra_hosts`` join the project's allowlist for this validation only (its deployment's URL).
     """
     fingerprint = _idempotency_fingerprint(request_document or {}, results_digest) if idempotency_key else ""
     if idempotency_key:
         seen = _idempotency_key_seen(project, idempotency_key, fingerprint)
         if seen is not None:
             return seen.validation, False
-    plan = validation_plan(project=project, environment=environment, test_config=test_config)
+    plan = validation_plan(
+        project=project, environment=environment, test_config=test_config, extra_hosts=extra_hosts
+    )
     existing = Validation.objects.of_build(project, environment, build_id)
     take_existing = existing is not None and (not existing.is_pending or results is None)
     missing, parsed = "", None
@@ -165,6 +174,7 @@ def validation_request(
         source=source,
         idempotency_key=idempotency_key,
         fingerprint=fingerprint,
+        hold=hold,
     )
 
 
@@ -184,6 +194,7 @@ def _validation_record_request(
     source: str,
     idempotency_key: str | None,
     fingerprint: str,
+    hold: bool = False,
 ) -> tuple[Validation, bool]:
     """The writing half of ``validation_request``, one transaction: claim the key, take
     ``existing`` or create the validation, then refuse it (``missing`` says why), evaluate the
@@ -213,6 +224,9 @@ def _validation_record_request(
             validation = validation_evaluate(
                 validation=validation, results=parsed, actor=actor, source=source, applied=plan.rules
             )
+        elif created and hold:
+            Validation.objects.filter(pk=validation.pk).update(held=True)
+            validation.held = True
         elif created:
             transaction.on_commit(lambda: _queue_run(validation))
     if claim is not None:
@@ -346,6 +360,44 @@ def _send_run(validation: Validation) -> None:
         task_name=f"run {validation.project.slug}/{validation.environment.name} {validation.build_id}"[:100],
         group="validation-runs",
     )
+
+
+@atomic_retried
+def validation_release(*, validation: Validation, actor: Actor, target_url: str = "") -> Validation:
+    """Send a held validation's load test to a worker, now that its deployment is ready;
+    ``target_url`` (checked against the allowlist and the validation's own extra hosts) becomes
+    its target. A validation that is not held (released already, ended) is left as it is."""
+    validation = lock_validation(validation.pk, "project", "environment", "scenario")
+    if not validation.held or validation.status != Validation.Status.QUEUED:
+        return validation
+    config = dict(validation.test_config)
+    if target_url:
+        allowed = [*validation.project.allowed_hosts, *config.get("extraHosts", [])]
+        scenario = validation.scenario
+        try:
+            resolve_target(
+                target_url,
+                allowed,
+                configured_ports=ports_of(scenario.target_url, scenario.reference_url) if scenario else (),
+            )
+        except TargetRefused as exc:
+            raise ServiceError(
+                f"Target URL refused: {exc}.", fields={"testConfig.targetUrl": [str(exc)]}
+            ) from exc
+        config["targetUrl"] = target_url
+    validation.test_config = config
+    validation.held = False
+    validation.save(update_fields=["test_config", "held"])
+    audit_record(
+        action="validation.released",
+        actor=actor,
+        target=validation,
+        project=validation.project.slug,
+        environment=validation.environment.name,
+        data={"target_url": config.get("targetUrl", "")},
+    )
+    transaction.on_commit(lambda: _queue_run(validation))
+    return validation
 
 
 def validation_dispatch_pending() -> int:

@@ -4,19 +4,27 @@ sticky pull-request comment, and the answers to deployments waiting on it.
 ``github_listen`` is registered with the gate (``IntegrationsConfig.ready``) and runs inside the
 transaction that changed a validation: it only *records* calls in the outbox, which delivers them
 later (``integrations.github.delivery``). Nothing is sent from here.
+
+An approved rollback of a deployment (``Change.ROLLBACK``) is taken when the environment names a
+rollback workflow: its ``workflow_dispatch`` is recorded, and the delivery follows the run to its
+conclusion. The workflow must declare these string inputs: ``environment``, ``target_sha``,
+``target_deployment``, ``rolled_back_sha``, ``reason`` and ``correlation_id`` (its ``run-name``
+should carry ``inputs.correlation_id``, so the run is found where GitHub does not return its id).
 """
 
 from __future__ import annotations
 
 import re
+import uuid
 
 from django.conf import settings
 from django.db import transaction
 
 from gates.documents import validation_links
-from gates.models import Validation
+from gates.models import Rollback, Validation
 from gates.registry import Change
 from gates.report import markdown_table
+from gates.services.watches import rollback_take
 from integrations.models import DeploymentReview, GitHubConnection, OutboundCall
 from integrations.outbox import queue_delivery
 
@@ -160,7 +168,13 @@ def github_listen(validation: Validation, change: Change) -> None:
     """Record, in the current transaction, what GitHub must be told about this validation's
     status: a commit status, a check run (App), the sticky PR comment, and the answers to
     deployments waiting on it. Every change is reported the same way: GitHub shows the status a
-    validation has now, whatever moved it there. Nothing is sent here."""
+    validation has now, whatever moved it there. Nothing is sent here.
+
+    A rollback decided after the validation passed changes nothing GitHub shows about it: only
+    the rollback workflow is recorded (when the environment has one)."""
+    if change == Change.ROLLBACK:
+        record_rollbacks(validation)
+        return
     connection = GitHubConnection.objects.filter(project_id=validation.project_id).first()
     repository = validation.project.repository
     if connection is None or not repository or not SHA.match(validation.git_hash or ""):
@@ -231,6 +245,58 @@ def github_listen(validation: Validation, change: Change) -> None:
             if f"review:{review.pk}" not in answered:
                 record_review(review, validation)
     transaction.on_commit(queue_delivery)
+
+
+ROLLBACK_REASON_MAX = 200
+
+
+def record_rollbacks(validation: Validation) -> None:
+    """Take each approved rollback of this deployment that a GitHub workflow can carry out (a
+    GitHub connection, the repository, and the environment's rollback workflow) and record the
+    workflow's dispatch. Each rollback is taken once (``rollback_take``), so announcing it again
+    records nothing more."""
+    connection = GitHubConnection.objects.filter(project_id=validation.project_id).first()
+    repository = validation.project.repository
+    if connection is None or not repository:
+        return
+    rollbacks = Rollback.objects.filter(
+        validation=validation, state=Rollback.State.APPROVED, via=""
+    ).select_related("environment", "target_validation")
+    recorded = False
+    for rollback in rollbacks:
+        workflow = rollback.environment.rollback_workflow
+        target = rollback.target_validation
+        if not workflow or target is None or not rollback_take(rollback=rollback, via="github"):
+            continue
+        reason = " ".join(rollback.reason.split())
+        if len(reason) > ROLLBACK_REASON_MAX:
+            reason = reason[: ROLLBACK_REASON_MAX - 1] + "…"
+        # Strings only, and six: within GitHub's limit (10 inputs on older servers, 25 today).
+        inputs = {
+            "environment": rollback.environment.name,
+            "target_sha": target.git_hash,
+            "target_deployment": str((target.deployment_context or {}).get("deploymentId") or ""),
+            "rolled_back_sha": validation.git_hash,
+            "reason": reason,
+            "correlation_id": f"rollback-{rollback.pk}-{uuid.uuid4().hex[:12]}",
+        }
+        OutboundCall.objects.create(
+            project_id=validation.project_id,
+            validation=validation,
+            kind="rollback_workflow",
+            ordering_key=f"github:rollback:{rollback.pk}",
+            payload={
+                "rollback": rollback.pk,
+                "repository": repository,
+                "workflow": workflow,
+                "ref": connection.workflow_ref,
+                "inputs": inputs,
+                "target_build_id": target.build_id,
+            },
+        )
+        recorded = True
+    if recorded:
+        transaction.on_commit(queue_delivery)
 
 
 def record_review(review: DeploymentReview, validation: Validation) -> None:

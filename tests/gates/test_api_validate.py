@@ -50,6 +50,7 @@ def test_uploaded_k6_results_are_evaluated_at_once(ci_api, k6_outputs, add_rule)
     assert response.status_code == 200, response.content
     data = response.json()
     assert set(data) == {
+        "watch",
         "validationId",
         "project",
         "buildId",

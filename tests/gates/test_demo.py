@@ -60,23 +60,33 @@ def demo(tmp_path, *args):
 
 
 @pytest.mark.slow
-def test_the_demo_passes_a_good_build_and_blocks_a_slow_one(tmp_path):
+def test_the_demo_passes_a_good_build_blocks_a_slow_one_and_rolls_a_degraded_release_back(tmp_path):
     web, target, command, env = demo(tmp_path, "--no-serve")
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    good, slow = result.stdout.split("==> Build demo-")[1:]
+    staging, production = result.stdout.split("==> Production.")
+    good, slow = staging.split("==> Build demo-")[1:]
     assert "status passed" in good and "deployment allowed" in good
     assert "is now the baseline" in good
     assert "running:" in good  # progress while the worker's k6 ran
     # On failure, show both check tables whole: the numbers say whether it was noise.
     assert "status blocked" in slow and "deployment BLOCKED" in slow, good + slow
     assert "above baseline" in slow and "p(95)" in slow, good + slow
+    # The third act: the stand-in is named as such, release 2 degrades and is rolled back to 1.
+    assert "LOCAL STAND-IN of its REST API" in production
+    release_1, release_2 = production.split("==> Release ")[1:]
+    assert "status passed" in release_1 and "probe 6: success" in release_1, production
+    assert "status passed" in release_2 and "probe 2: success" in release_2, production
+    slowed = release_2.split("The sample API slows down")[1]
+    assert "failure" in slowed and "Watch: degraded" in slowed, production
+    assert "release-1: succeeded" in slowed and "automatic production domain assignment" in slowed, production
+    assert "received: POST /v1/projects/prj_123/rollback/dpl_demo" in slowed, production
     assert not listening(web) and not listening(target)
 
 
 @pytest.mark.slow
 def test_ctrl_c_stops_every_process_the_demo_started(tmp_path):
-    web, target, command, env = demo(tmp_path)
+    web, target, command, env = demo(tmp_path, "--no-production")
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )

@@ -3,9 +3,16 @@
 It migrates the database, applies the demo configuration, starts the web server, a django-q2
 worker and the sample wedding platform on loopback, then asks perfgate through its own API to
 validate two builds, the way CI would: a good build, which passes and becomes the baseline, and
-a build with injected slowdown, which is blocked. The worker runs real k6 for both. It prints
-both check tables and the admin's address and login, and keeps everything running until Ctrl-C,
-then stops every process it started.
+a build with injected slowdown, which is blocked. The worker runs real k6 for both.
+
+A third act shows production: two releases of the good commit are validated in production and
+watched after their deploy, with Vercel played by a local stand-in of its API (perfgate cannot
+reach vercel.com here, and the output says so). The first release is watched healthy; the second
+is watched, the sample API slows down by 2x, the probes fail, and perfgate rolls production back
+to the first release through the stand-in.
+
+It prints the check tables, the probes and the rollback, and the admin's address and login, and
+keeps everything running until Ctrl-C (or SIGTERM), then stops every process it started.
 """
 
 import contextlib
@@ -27,14 +34,21 @@ from django.core.management.base import BaseCommand, CommandError
 from gates.audit import Actor
 from gates.models import Project
 from gates.report import check_table, summary_line
+from integrations.models import VercelConnection
 from integrations.services import token_create
+from tests.fake_vercel import FakeVercel
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "demo" / "perfgate.yaml"
 # Latencies well above this machine's noise (a loaded 2-core host adds 10-20 ms to some
 # requests; at 20 ms that alone could hide a +50% regression).
 GOOD_LATENCY_MS = 50.0
 SLOW_LATENCY_MS = 75.0  # +50%: the regression the gate must catch
+DEGRADED_LATENCY_MS = 2 * GOOD_LATENCY_MS  # what production slows to in the third act
 READY_TIMEOUT = 60
+# Probes of the first release before the second is deployed: its probe baseline (six give the
+# noise test of the history mode something to stand on).
+BASELINE_PROBES = 6
+WATCH_TIMEOUT = 180
 
 
 class Command(BaseCommand):
@@ -46,7 +60,12 @@ class Command(BaseCommand):
             "--target-port", type=int, default=8001, help="Port of the sample wedding platform."
         )
         parser.add_argument(
-            "--no-serve", action="store_true", help="Stop everything after the two validations."
+            "--no-serve", action="store_true", help="Stop everything after the validations and the watch."
+        )
+        parser.add_argument(
+            "--no-production",
+            action="store_true",
+            help="Skip the third act (production watched after the deploy, and rolled back).",
         )
 
     def handle(self, *args, **options):
@@ -72,7 +91,7 @@ class Command(BaseCommand):
             role="ci",
             name=f"demo {time.strftime('%Y-%m-%d %H:%M')}",
             actor=Actor("system", "demo"),
-            environments=["staging"],
+            environments=["staging", "production"],
             expires_days=1,
         )
 
@@ -85,6 +104,8 @@ class Command(BaseCommand):
             raise KeyboardInterrupt
 
         signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        self.vercel = None
         try:
             self.start(
                 "sample API",
@@ -118,22 +139,22 @@ class Command(BaseCommand):
             api = requests.Session()
             api.headers["Authorization"] = f"Bearer {token}"
             stamp = time.strftime("%Y%m%d-%H%M%S")
+            good_commit = ""
             for label, latency in (("good", GOOD_LATENCY_MS), ("slow", SLOW_LATENCY_MS)):
-                requests.post(
-                    f"{target_url}/_knobs", json={"latency_ms": latency}, timeout=5
-                ).raise_for_status()
+                self.knobs(target_url, latency)
                 build = f"demo-{stamp}-{label}"
                 self.step(
                     f"Build {build}: the sample API answers in {latency:g} ms; CI asks perfgate to check it"
                 )
-                document = self.validate(api, base_url, build, target_url)
-                self.stdout.write(check_table(document["checks"], document.get("notices", ())))
-                self.stdout.write("")
-                self.stdout.write(summary_line(document))
-                if document.get("statusReason"):
-                    self.stdout.write(document["statusReason"])
+                commit = secrets.token_hex(20)
+                document = self.validate(api, base_url, build, target_url, git_hash=commit)
+                self.report(document)
                 if label == "good" and document["status"] == "passed":
+                    good_commit = commit
                     self.stdout.write(f"Build {build} is now the baseline of wedsync-web/staging.")
+
+            if good_commit and not options["no_production"]:
+                self.production(api, base_url, target_url, project, stamp, good_commit)
 
             if options["no_serve"]:
                 return
@@ -153,6 +174,8 @@ class Command(BaseCommand):
             self.stdout.write("\nStopping…")
         finally:
             self.stop_all()
+            if self.vercel is not None:
+                self.vercel.stop()
 
     def step(self, text: str) -> None:
         self.stdout.write(self.style.MIGRATE_HEADING(f"\n==> {text}"))
@@ -182,17 +205,37 @@ class Command(BaseCommand):
                 raise CommandError(f"The {name} did not answer at {ready} within {READY_TIMEOUT} s.")
             time.sleep(0.2)
 
-    def validate(self, api: requests.Session, base_url: str, build: str, target_url: str) -> dict:
+    def knobs(self, target_url: str, latency: float) -> None:
+        requests.post(f"{target_url}/_knobs", json={"latency_ms": latency}, timeout=5).raise_for_status()
+
+    def report(self, document: dict) -> None:
+        self.stdout.write(check_table(document["checks"], document.get("notices", ())))
+        self.stdout.write("")
+        self.stdout.write(summary_line(document))
+        if document.get("statusReason"):
+            self.stdout.write(document["statusReason"])
+
+    def validate(
+        self,
+        api: requests.Session,
+        base_url: str,
+        build: str,
+        target_url: str,
+        *,
+        git_hash: str,
+        environment: str = "staging",
+        context: dict | None = None,
+    ) -> dict:
         response = api.post(
             f"{base_url}/api/ci-cd/performance/validate",
             timeout=30,
             json={
                 "project": "wedsync-web",
-                "environment": "staging",
+                "environment": environment,
                 "buildId": build,
-                "gitHash": secrets.token_hex(20),
+                "gitHash": git_hash,
                 "testConfig": {"targetUrl": target_url},
-                "deploymentContext": {"provider": "other", "actor": "demo"},
+                "deploymentContext": context or {"provider": "other", "actor": "demo"},
             },
         )
         if response.status_code not in (200, 202):
@@ -210,11 +253,115 @@ class Command(BaseCommand):
             response = api.get(
                 f"{base_url}/api/ci-cd/performance/status/{build}",
                 timeout=40,
-                params={"project": "wedsync-web", "environment": "staging", "wait": 5},
+                params={"project": "wedsync-web", "environment": environment, "wait": 5},
             )
             response.raise_for_status()
             document = response.json()
         return document
+
+    def production(self, api, base_url: str, target_url: str, project, stamp: str, commit: str) -> None:
+        """The third act: two releases of the good commit deployed to production and watched; the
+        second slows down and is rolled back to the first through a local stand-in of Vercel."""
+        self.vercel = FakeVercel().start()
+        self.probes_shown: dict[str, int] = {}
+        VercelConnection.objects.update_or_create(
+            project=project,
+            defaults={"token": self.vercel.token, "team_id": self.vercel.team_id, "api_url": self.vercel.url},
+        )
+        self.step(
+            f"Production. Vercel is played by a LOCAL STAND-IN of its REST API on {self.vercel.url} "
+            "(tests/fake_vercel.py: perfgate cannot reach vercel.com here)"
+        )
+        self.knobs(target_url, GOOD_LATENCY_MS)
+        releases = []
+        for number in (1, 2):
+            build = f"demo-{stamp}-release-{number}"
+            deployment = f"dpl_demo{stamp.replace('-', '')}r{number}"
+            self.vercel.add_deployment(
+                deployment_id=deployment, url=f"wedsync-web-r{number}.vercel.app", sha=commit
+            )
+            self.step(
+                f"Release {number}: build {build} of the good commit, Vercel deployment {deployment}; "
+                "CI asks perfgate to check it in production"
+            )
+            document = self.validate(
+                api,
+                base_url,
+                build,
+                target_url,
+                git_hash=commit,
+                environment="production",
+                context={"provider": "vercel", "deploymentId": deployment, "actor": "demo"},
+            )
+            self.report(document)
+            if document["status"] != "passed":
+                self.stdout.write("The release did not pass; nothing is deployed, so nothing is watched.")
+                return
+            self.stdout.write(f"Vercel promotes {deployment} to production; CI asks perfgate to watch it.")
+            response = api.post(
+                f"{base_url}/api/ci-cd/performance/watch",
+                timeout=30,
+                json={
+                    "project": "wedsync-web",
+                    "buildId": build,
+                    "environment": "production",
+                    "deploymentUrl": target_url,
+                    "deploymentId": deployment,
+                },
+            )
+            if response.status_code not in (200, 201):
+                raise CommandError(f"perfgate refused the watch: {response.status_code} {response.text}")
+            releases.append(build)
+            if number == 1:
+                self.follow_watch(api, base_url, build, until_probes=BASELINE_PROBES)
+        build = releases[-1]
+        self.follow_watch(api, base_url, build, until_probes=2)
+        self.knobs(target_url, DEGRADED_LATENCY_MS)
+        self.step(
+            f"The sample API slows down: it now answers in {DEGRADED_LATENCY_MS:g} ms "
+            f"instead of {GOOD_LATENCY_MS:g} ms"
+        )
+        watch = self.follow_watch(api, base_url, build, until_done=True)
+        self.knobs(target_url, GOOD_LATENCY_MS)
+        self.stdout.write(f"Watch: {watch['state']}. {watch.get('stateReason', '')}")
+        rollback = watch.get("rollback") or {}
+        if rollback:
+            self.stdout.write(f"Rollback to build {rollback.get('targetBuildId')}: {rollback['state']}.")
+            self.stdout.write(rollback.get("detail", ""))
+        calls = [r for r in self.vercel.requests if r.method == "POST" and "/rollback/" in r.path]
+        for call in calls:
+            self.stdout.write(
+                f"The stand-in of Vercel's API received: POST {call.path} → {call.status}; "
+                f"production is now served by {self.vercel.production_deployment()}."
+            )
+
+    def follow_watch(
+        self, api, base_url: str, build: str, *, until_probes: int = 0, until_done: bool = False
+    ):
+        """Print each probe of the build's watch as it comes; return the watch when it has
+        ``until_probes`` probes, or (``until_done``) when it ended and its rollback, if any, did."""
+        seen = self.probes_shown.get(build, 0)
+        deadline = time.monotonic() + WATCH_TIMEOUT
+        while time.monotonic() < deadline:
+            response = api.get(
+                f"{base_url}/api/ci-cd/performance/status/{build}",
+                timeout=30,
+                params={"project": "wedsync-web", "environment": "production"},
+            )
+            response.raise_for_status()
+            watch = response.json().get("watch") or {}
+            probe = watch.get("lastProbe")
+            if probe and probe["number"] > seen:
+                seen = self.probes_shown[build] = probe["number"]
+                self.stdout.write(f"    probe {probe['number']}: {probe['outcome']} — {probe['reason']}")
+            if until_probes and watch.get("probes", {}).get("run", 0) >= until_probes:
+                return watch
+            rollback = watch.get("rollback") or {}
+            settled = not rollback or rollback.get("state") not in ("approved", "running", "proposed")
+            if until_done and watch.get("state") not in (None, "waiting", "watching") and settled:
+                return watch
+            time.sleep(0.5)
+        raise CommandError(f"The watch of build {build} did not get there within {WATCH_TIMEOUT} s.")
 
     def stop_all(self) -> None:
         for name, child in reversed(self.children):

@@ -3,11 +3,14 @@
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from integrations.models import GitHubConnection
+from integrations.models import GitHubConnection, VercelConnection
 from integrations.secrets import SecretUnreadable
 
 # (model, its encrypted fields): everything rotate_secrets re-encrypts.
-ENCRYPTED = [(GitHubConnection, ("private_key", "token"))]
+ENCRYPTED = [
+    (GitHubConnection, ("private_key", "token")),
+    (VercelConnection, ("token", "protection_bypass_secret")),
+]
 
 
 class Command(BaseCommand):
