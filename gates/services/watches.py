@@ -87,7 +87,7 @@ def watch_start(
     project's, and the hosts allowed for this validation only).
     """
     validation = (
-        Validation.objects.select_for_update(of=("self",))
+        Validation.objects.select_for_update(of=("self",), no_key=True)
         .select_related("project", "environment", "environment__watch_scenario", "scenario")
         .get(pk=validation.pk)
     )
@@ -130,7 +130,7 @@ def watch_start(
             raise ServiceError(f"{field} refused: {exc}.", fields={field: [str(exc)]}) from None
     now = timezone.now()
     policy = watch_policy(environment)
-    for older in Watch.objects.select_for_update().filter(
+    for older in Watch.objects.select_for_update(of=("self",), no_key=True).filter(
         environment=environment, state__in=Watch.ACTIVE_STATES
     ):
         _finish(
@@ -293,7 +293,7 @@ def watch_conclude(*, watch: Watch) -> Watch:
     """The window ended without a breach: the deployment is healthy (its probes become the next
     deployment's probe baseline)."""
     watch = (
-        Watch.objects.select_for_update()
+        Watch.objects.select_for_update(of=("self",), no_key=True)
         .select_related("project", "environment", "validation")
         .get(pk=watch.pk)
     )
@@ -318,7 +318,11 @@ def watch_conclude(*, watch: Watch) -> Watch:
 @transaction.atomic
 def watch_stop(*, watch: Watch, actor: Actor, reason: str) -> Watch:
     """Stop watching, by hand (someone with ``trigger_rollback``)."""
-    watch = Watch.objects.select_for_update().select_related("project", "environment").get(pk=watch.pk)
+    watch = (
+        Watch.objects.select_for_update(of=("self",), no_key=True)
+        .select_related("project", "environment")
+        .get(pk=watch.pk)
+    )
     require_right(actor, "trigger_rollback", watch.project, to="stop watches")
     if not watch.is_active:
         raise InvalidState(f"The watch is already {watch.state}.")
@@ -358,7 +362,7 @@ def probe_record(
     baseline. An alert's probe that fails confirms the alert: the deployment is degraded at once,
     whatever the counters say; one that does not fail is told to people."""
     watch = (
-        Watch.objects.select_for_update()
+        Watch.objects.select_for_update(of=("self",), no_key=True)
         .select_related("project", "environment", "validation")
         .get(pk=watch.pk)
     )
@@ -547,7 +551,7 @@ def watch_alerted(*, watch: Watch, actor: Actor, alert: dict) -> bool:
     """An alert names the deployment ``watch`` watches: record it and queue a confirming probe.
     False when a rollback of it was already decided (repeated alerts change nothing)."""
     watch = (
-        Watch.objects.select_for_update()
+        Watch.objects.select_for_update(of=("self",), no_key=True)
         .select_related("project", "environment", "validation")
         .get(pk=watch.pk)
     )
@@ -718,7 +722,7 @@ def rollback_take(*, rollback: Rollback, via: str) -> bool:
 def rollback_approve(*, rollback: Rollback, actor: Actor) -> Rollback:
     """A person with ``trigger_rollback`` approves a proposed rollback: it is sent at once."""
     rollback = (
-        Rollback.objects.select_for_update()
+        Rollback.objects.select_for_update(of=("self",), no_key=True)
         .select_related("project", "environment", "validation", "target_validation")
         .get(pk=rollback.pk)
     )
@@ -757,7 +761,7 @@ def rollback_reject(*, rollback: Rollback, actor: Actor, reason: str) -> Rollbac
             "A reason is required to reject a rollback.", fields={"reason": ["This field is required."]}
         )
     rollback = (
-        Rollback.objects.select_for_update()
+        Rollback.objects.select_for_update(of=("self",), no_key=True)
         .select_related("project", "environment", "validation")
         .get(pk=rollback.pk)
     )
@@ -785,7 +789,9 @@ def rollback_reject(*, rollback: Rollback, actor: Actor, reason: str) -> Rollbac
 def rollback_record_progress(*, rollback: Rollback, detail: str) -> Rollback:
     """The integration sent the rollback and follows it (Vercel's alias request, a workflow run)."""
     rollback = (
-        Rollback.objects.select_for_update().select_related("project", "environment").get(pk=rollback.pk)
+        Rollback.objects.select_for_update(of=("self",), no_key=True)
+        .select_related("project", "environment")
+        .get(pk=rollback.pk)
     )
     if rollback.state not in (Rollback.State.APPROVED, Rollback.State.RUNNING):
         return rollback
@@ -810,7 +816,7 @@ def rollback_record_outcome(*, rollback: Rollback, succeeded: bool, detail: str)
     """The rollback went through, or failed: recorded once, audited, and told to people. A failed
     rollback stays failed; nothing retries it."""
     rollback = (
-        Rollback.objects.select_for_update()
+        Rollback.objects.select_for_update(of=("self",), no_key=True)
         .select_related("project", "environment", "validation", "watch", "target_validation")
         .get(pk=rollback.pk)
     )

@@ -30,7 +30,8 @@ def asgi_server(private_database):
     url = f"http://127.0.0.1:{port}"
 
     def up():
-        with contextlib.suppress(requests.ConnectionError):
+        # The first answer waits for the worker to boot (Django's set-up): a slow one is asked again.
+        with contextlib.suppress(requests.ConnectionError, requests.Timeout):
             return requests.get(f"{url}/healthz", timeout=2).ok
         return False
 
