@@ -72,7 +72,7 @@ def main() -> None:
         PERFGATE_VERCEL_DEPLOYMENT_SCHEME="http",
         PERFGATE_ROLLBACK_POLL_SECONDS="0.5",
         ALLOWED_HOSTS="testserver",
-        LOG_LEVEL="INFO",
+        LOG_LEVEL="WARNING",
         Q_CLUSTER_NAME="perfgate-bench-watch",
         Q_WORKERS="2",
         PERFGATE_AUDIT_DIGEST_DIR=f"{workdir}/digests",
