@@ -24,7 +24,8 @@ from gates.charts import ProbeBand, ProbePoint, probe_svg, probe_text
 from gates.errors import ServiceError
 from gates.models import Notice, Probe, Rollback, Watch
 from gates.permissions import may, projects_where
-from gates.services.watches import rollback_approve, rollback_reject, watch_stop
+from gates.services.rollbacks import rollback_approve, rollback_reject
+from gates.services.watches import watch_stop
 
 RIGHT = "trigger_rollback"
 

@@ -4,7 +4,8 @@ the acting ``Actor``, and writes its audit event in the same transaction.
 ``validations``: asking (one way in: ``validation_request``), evaluating, blocking, errors.
 ``runs``: claiming, leases, cancelling, reaping. ``bypasses``: emergency bypasses and their
 four-eyes approval. ``calibration``: storing a scenario's measured noise. ``watches``: watching
-production after a deploy, probes, rollbacks and notices.
+production after a deploy and its probes; ``rollbacks``: undoing a degraded deployment;
+``notices``: what people must hear about them.
 """
 
 from gates.services.bypasses import bypass_approve, bypass_expire_due, bypass_reject, bypass_request

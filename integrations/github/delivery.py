@@ -15,7 +15,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from gates.models import Rollback
-from gates.services.watches import rollback_record_outcome, rollback_record_progress
+from gates.services.rollbacks import rollback_record_outcome, rollback_record_progress
 from integrations import http
 from integrations.github.client import GitHubClient
 from integrations.github.workflows import FIND_RUN_SECONDS

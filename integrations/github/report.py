@@ -24,7 +24,7 @@ from gates.documents import validation_links
 from gates.models import Rollback, Validation
 from gates.registry import Change
 from gates.report import markdown_table
-from gates.services.watches import rollback_take
+from gates.services.rollbacks import rollback_take
 from integrations.models import DeploymentReview, GitHubConnection, OutboundCall
 from integrations.outbox import queue_delivery
 

@@ -14,7 +14,7 @@ import time
 from django.conf import settings
 
 from gates.models import Rollback
-from gates.services.watches import rollback_record_outcome, rollback_record_progress
+from gates.services.rollbacks import rollback_record_outcome, rollback_record_progress
 from integrations import http
 from integrations.models import OutboundCall, VercelCheck, VercelConnection
 from integrations.vercel.client import CHECK_NAME, VercelClient

@@ -14,7 +14,7 @@ from django.db import transaction
 from gates.documents import validation_links
 from gates.models import AuditEvent, Rollback, Validation
 from gates.registry import Change
-from gates.services.watches import rollback_take
+from gates.services.rollbacks import rollback_take
 from integrations.github.report import absolute, status_description
 from integrations.models import OutboundCall, VercelCheck, VercelConnection
 from integrations.outbox import queue_delivery

@@ -18,7 +18,8 @@ from gates.audit import SYSTEM, Actor
 from gates.charts import ProbeBand, ProbePoint, probe_svg
 from gates.models import AuditEvent, Notice, Probe, Project, Rollback, Scenario, Watch
 from gates.services import validation_evaluate
-from gates.services.watches import rollback_decide, watch_policy
+from gates.services.rollbacks import rollback_decide
+from gates.services.watches import watch_policy
 from tests.factories import make_results, make_validation
 
 SVG = "{http://www.w3.org/2000/svg}"

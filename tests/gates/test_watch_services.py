@@ -17,15 +17,8 @@ from gates.errors import InvalidState, NotPermitted, ServiceError
 from gates.models import AuditEvent, Notice, Probe, Rollback, Scenario, Validation, Watch
 from gates.probes import ProbeResult
 from gates.services import validation_block, validation_request
-from gates.services.watches import (
-    probe_record,
-    rollback_approve,
-    rollback_decide,
-    rollback_reject,
-    watch_alerted,
-    watch_conclude,
-    watch_start,
-)
+from gates.services.rollbacks import rollback_approve, rollback_decide, rollback_reject
+from gates.services.watches import probe_record, watch_alerted, watch_conclude, watch_start
 from tests.factories import PASSING_SUMMARY
 
 P95 = "http_req_duration|p(95)"

@@ -17,7 +17,8 @@ from gates.models import AuditEvent, Notice, Probe, Rollback, Scenario, Validati
 from gates.probes import ProbeResult
 from gates.registry import Change
 from gates.services import validation_block, validation_request
-from gates.services.watches import probe_record, rollback_decide, watch_start
+from gates.services.rollbacks import rollback_decide
+from gates.services.watches import probe_record, watch_start
 from integrations import outbox
 from integrations.models import OutboundCall, WebhookDelivery
 from integrations.webhooks import webhook_process

@@ -14,7 +14,8 @@ from django.utils import timezone
 from gates.audit import SYSTEM, Actor
 from gates.models import Environment, Rollback, Scenario, Validation, Watch
 from gates.services import validation_claim, validation_evaluate, validation_request
-from gates.services.watches import rollback_decide, watch_start
+from gates.services.rollbacks import rollback_decide
+from gates.services.watches import watch_start
 from integrations import outbox
 from integrations.models import OutboundCall, VercelConnection, WebhookDelivery
 from integrations.vercel import delivery
