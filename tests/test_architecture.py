@@ -18,7 +18,7 @@ GATE_EDGE = ("gates.api", "gates.views", "gates.urls", "gates.admin", "gates.man
 # The one door through which gates reaches integrations: API token authentication, and the demo,
 # which makes a CI token to call the API as CI would.
 GATE_TO_INTEGRATIONS = {
-    "gates.api": ("integrations.auth", "integrations.models"),
+    "gates.api": ("integrations.auth", "integrations.models", "integrations.alerts"),
     "gates.views": ("integrations.auth",),
     # The demo connects its project to its local stand-in of Vercel's API.
     "gates.management.commands.demo": ("integrations.services", "integrations.models"),
