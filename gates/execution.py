@@ -42,7 +42,7 @@ from gates import plans, registry, rules
 from gates.errors import InvalidState
 from gates.loadtest import ab
 from gates.loadtest.follow import FollowedFile
-from gates.loadtest.k6 import WARMUP_TAG, K6NotFound, K6Spec, run_k6
+from gates.loadtest.k6 import WARMUP_TAG, K6NotFound, K6Spec, redacted, run_k6
 from gates.loadtest.locust import LocustSpec, run_locust
 from gates.models import Run, Scenario, Validation
 from gates.results import parse_results
@@ -397,7 +397,7 @@ class ScenarioRun:
             detail = (
                 parsed.get("error") or _last_line(outcome.stderr_tail) or f"exit code {outcome.exit_code}"
             )
-            raise RunFailed(f"k6 produced no usable results{where} ({detail}).")
+            raise RunFailed(redacted(f"k6 produced no usable results{where} ({detail}).", spec.headers))
         results = parsed["results"]
         if results.warmup is not None:
             # k6 ran the warm-up this long; its samples start later, as its ramp starts at 0 VUs.

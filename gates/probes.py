@@ -38,7 +38,7 @@ from gates.execution import (
     address_pins,
     check_connected,
 )
-from gates.loadtest.k6 import K6NotFound, K6Spec, run_k6
+from gates.loadtest.k6 import K6NotFound, K6Spec, redacted, run_k6
 from gates.models import Scenario
 from gates.results import parse_results
 from gates.results.base import ParseError, ResultSet
@@ -55,7 +55,6 @@ ERROR = "error"
 # of its two slowest requests, which no relative rule can compare with anything.
 PROBE_MIN_REQUESTS = 20
 STOPPED = "stopped"
-REDACTED = "[redacted]"
 
 
 @dataclass(frozen=True)
@@ -173,7 +172,7 @@ def run_probe(
     headers = dict(headers or {})
 
     def error(reason: str) -> ProbeResult:
-        reason = _redacted(reason, headers)
+        reason = redacted(reason, headers)
         logger.info("probe of %s against %s: error: %s", scenario, target_url, reason)
         return ProbeResult(
             outcome=ERROR, verdict="", reason=reason, duration_seconds=time.monotonic() - started
@@ -211,7 +210,7 @@ def run_probe(
     return ProbeResult(
         outcome=outcome,
         verdict=str(verdict),
-        reason=_redacted(reason, headers),
+        reason=redacted(reason, headers),
         report=report_of(results, outcomes, notices=notices),
         values=values,
         duration_seconds=time.monotonic() - started,
@@ -350,11 +349,3 @@ def reason_of(verdict: Verdict, outcomes: list[CheckOutcome]) -> str:
 
 def _described(outcome: CheckOutcome) -> str:
     return f"{outcome.metric} {outcome.reason}".strip()
-
-
-def _redacted(text: str, headers: dict[str, str]) -> str:
-    """``text`` without any header value in it (a script may have logged its requests)."""
-    for value in headers.values():
-        if value:
-            text = text.replace(value, REDACTED)
-    return text

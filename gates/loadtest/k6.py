@@ -147,6 +147,18 @@ class K6NotFound(RuntimeError):
     """The k6 binary is not installed where perfgate looks for it."""
 
 
+REDACTED = "[redacted]"
+
+
+def redacted(text: str, headers: dict[str, str]) -> str:
+    """``text`` (k6's output, a reason built from it) without any of the ``headers``' values: a
+    script may log its requests, and those values are secrets."""
+    for value in headers.values():
+        if value:
+            text = text.replace(value, REDACTED)
+    return text
+
+
 @dataclass(frozen=True)
 class K6Spec:
     """What to run: the script and the load."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gates.loadtest.k6 import K6Spec, run_k6
+from gates.loadtest.k6 import K6Spec, redacted, run_k6
 from gates.results import parse_results
 
 pytestmark = pytest.mark.slow
@@ -338,3 +338,12 @@ def test_a_header_that_could_split_a_request_is_refused_without_showing_its_valu
     with pytest.raises(ValueError) as refused:
         K6Spec("", "http://127.0.0.1:1", vus=1, duration_seconds=1, headers={name: value})
     assert "s3cret" not in str(refused.value)
+
+
+def test_header_values_are_cut_out_of_what_k6_printed():
+    line = (
+        'GoError: request to https://preview.example failed, headers {"x-vercel-protection-bypass":"s3cr3t"}'
+    )
+    shown = redacted(line, {"x-vercel-protection-bypass": "s3cr3t", "x-empty": ""})
+    assert "s3cr3t" not in shown and "[redacted]" in shown
+    assert redacted(line, {}) == line
