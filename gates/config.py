@@ -33,7 +33,7 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import GenerateJsonSchema
 from pydantic_core import PydanticCustomError
 
-from gates import rules
+from gates import registry, rules
 from gates.audit import Actor, audit_record
 from gates.calibration import noise_for
 from gates.models import Environment, Project, Scenario, ThresholdRule
@@ -339,6 +339,41 @@ class RuleConfig(_Section):
     )
 
 
+ENV_VAR = re.compile(r"^[A-Z_][A-Z0-9_]{0,99}$")
+EMAIL = re.compile(r"^[^@\s,;<>\"']{1,64}@[^@\s,;<>\"']+\.[^@\s,;<>\"']+$")
+EnvVarName = _matching(ENV_VAR, "environment variable name (like SLACK_WEDSYNC_PERF)")
+EmailAddress = Annotated[_matching(EMAIL, "email address"), Field(max_length=254)]
+EventName = Literal[registry.NOTIFICATION_EVENTS]
+
+
+class SlackConfig(_Section):
+    """A Slack incoming webhook. Its URL is a secret: the file names the environment variable that
+    holds it (or the admin sets it), and perfgate stores it encrypted."""
+
+    webhook_secret: EnvVarName = Field(
+        description="The environment variable holding the webhook URL (never the URL itself)."
+    )
+
+
+class NotifyConfig(_Section):
+    """A notification channel: a Slack webhook or email addresses, the events it wants and the
+    environments it covers."""
+
+    name: str = _optional("How people recognise it; default: the variable's name or the addresses.")
+    slack: SlackConfig = _optional("A Slack incoming webhook.")
+    email: list[EmailAddress] = _optional("Email addresses.")
+    events: list[EventName] = Field(default_factory=list, description="Events it wants; empty: every event.")
+    environments: list[EnvironmentName] = Field(
+        default_factory=list, description="Environments it covers; empty: every one of the project."
+    )
+
+    @model_validator(mode="after")
+    def _slack_or_email(self):
+        if (self.slack is None) == (not self.email):
+            raise PydanticCustomError("notify_kind", "a channel has either slack or email (a non-empty list)")
+        return self
+
+
 class ProjectConfig(_Section):
     """A deployable service, its environments, scenarios and rules."""
 
@@ -355,6 +390,7 @@ class ProjectConfig(_Section):
     environments: dict[EnvironmentName, EnvironmentConfig | None] | None = None
     scenarios: list[ScenarioConfig] | None = None
     rules: list[RuleConfig] | None = None
+    notify: list[NotifyConfig] | None = None
 
 
 class ConfigFile(_Section):
@@ -483,7 +519,26 @@ class _Checker:
         for i, key in enumerate(keys):
             if key in keys[:i]:
                 self.fail(f"{place}.rules[{i}]", "the same rule appears twice")
+        project["notify"] = [self.notify(n) for n in config.notify or []]
+        channels = [n["name"] for n in project["notify"]]
+        for i, name in enumerate(channels):
+            if name in channels[:i]:
+                self.fail(f"{place}.notify[{i}].name", f"channel {name!r} appears twice; give each a name")
         return project
+
+    def notify(self, config: NotifyConfig) -> dict:
+        if config.slack is not None:
+            default_name = config.slack.webhook_secret.lower()
+        else:
+            default_name = ", ".join(config.email)
+        return {
+            "name": (config.name or default_name)[:100],
+            "kind": "slack" if config.slack is not None else "email",
+            "webhook_secret_env": config.slack.webhook_secret if config.slack is not None else "",
+            "recipients": list(config.email or []),
+            "events": list(config.events),
+            "environments": list(config.environments),
+        }
 
     def environment(self, config: EnvironmentConfig) -> dict:
         if config.watch is None:
@@ -680,7 +735,9 @@ SNAPSHOT_EXCLUDE = {"id", "created_at", "updated_at", "project", "scenario"}
 def config_snapshot(obj) -> dict:
     """The audited fields of a configuration object (before or after a change)."""
     data = {
-        f.name: getattr(obj, f.attname) for f in obj._meta.concrete_fields if f.name not in SNAPSHOT_EXCLUDE
+        f.name: getattr(obj, f.attname)
+        for f in obj._meta.concrete_fields
+        if f.name not in SNAPSHOT_EXCLUDE and not getattr(f, "is_secret", False)
     }
     if isinstance(obj, ThresholdRule) and obj.pk:
         data["environments"] = sorted(obj.environments.values_list("name", flat=True))
@@ -747,6 +804,8 @@ class _Applier:
                 name,
             )
         self.rules(project, spec["rules"], scenarios, environments)
+        for key, apply in registry.config_sections().items():
+            apply(project=project, specs=spec.get(key, []), applier=self)
 
     def scenarios(self, project: Project, specs: list[dict]) -> dict[str, Scenario]:
         if any(s["is_default"] for s in specs):

@@ -1044,8 +1044,9 @@ class Rollback(models.Model):
 
 class Notice(models.Model):
     """Something people must hear that is not a validation's verdict: a watch whose probes keep
-    erroring, a rollback proposed, done or failed, an alert a probe did not confirm. Shown in the
-    admin and in ``status``; announced to the registered notifiers (``gates.registry``)."""
+    erroring, a rollback proposed, done or failed, an alert a probe did not confirm, a bypass
+    asked for, approved or rejected. Shown in the admin and in ``status``; announced to the
+    registered notifiers (``gates.registry``)."""
 
     class Level(models.TextChoices):
         INFO = "info"
@@ -1058,6 +1059,9 @@ class Notice(models.Model):
         Validation, on_delete=models.CASCADE, null=True, blank=True, related_name="notices"
     )
     watch = models.ForeignKey(Watch, on_delete=models.CASCADE, null=True, blank=True, related_name="notices")
+    bypass = models.ForeignKey(
+        BypassRequest, on_delete=models.CASCADE, null=True, blank=True, related_name="notices"
+    )
     kind = models.CharField(max_length=40)
     level = models.CharField(max_length=10, choices=Level.choices)
     title = models.CharField(max_length=300)

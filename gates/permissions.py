@@ -17,7 +17,8 @@ with the machine's authority.
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from guardian.shortcuts import get_objects_for_user
+from django.db.models import Q
+from guardian.shortcuts import get_objects_for_user, get_users_with_perms
 
 from gates.errors import NotPermitted
 from gates.models import Project
@@ -73,6 +74,22 @@ def projects_where(user, right: str):
     )
 
 
+def users_with_right(right: str, project: Project) -> list:
+    """The active users who hold ``right`` on ``project``, exactly those ``may`` says yes for
+    (the approvers a bypass request names), ordered by username."""
+    _known(right)
+    model_wide = Q(user_permissions__codename=right) | Q(groups__permissions__codename=right)
+    candidates = set(
+        get_user_model().objects.filter(Q(is_superuser=True) | model_wide, is_active=True).distinct()
+    )
+    candidates |= set(
+        get_users_with_perms(
+            project, only_with_perms_in=[right], with_group_users=True, with_superusers=False
+        )
+    )
+    return sorted((u for u in candidates if may(u, right, project)), key=lambda u: u.get_username())
+
+
 def require_right(actor, right: str, project: Project, *, to: str) -> None:
     """Refuse a person who lacks ``right`` on ``project`` with ``NotPermitted``; ``to`` says what
     they tried ("revoke tokens"). A person's actor is made by ``Actor.for_user`` and carries
@@ -117,7 +134,16 @@ OPS_PERMISSIONS = {
     "baselines": ["view_baseline", "view_baselinemetric"],
     # Ops manage their projects' CI tokens in the admin; making or revoking one still takes
     # change_thresholds on the token's project (integrations.services).
-    "integrations": ["view_apitoken", "add_apitoken"],
+    # Notification channels too, with change_thresholds on the channel's project.
+    "integrations": [
+        "view_apitoken",
+        "add_apitoken",
+        "view_notificationchannel",
+        "add_notificationchannel",
+        "change_notificationchannel",
+        "delete_notificationchannel",
+        "view_notification",
+    ],
 }
 AUDITOR_APPS = ("gates", "baselines", "integrations", "django_q")
 

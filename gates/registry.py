@@ -16,6 +16,10 @@ outside world. Instead, apps register here in their ``AppConfig.ready()``:
   validation's target (Vercel's protection bypass for protected previews). A source reads the
   database only; its values are secrets and go nowhere but the tool's requests.
 
+- **config sections** apply a section of perfgate.yaml that belongs to an integration (``notify``:
+  notification channels); the gate checks the section's shape and calls the section's applier
+  inside ``apply_config``'s transaction.
+
 This is an explicit registry, not Django signals: ``docs/architecture.md`` lists every
 registration, and ``tests/test_architecture.py`` checks them.
 """
@@ -43,6 +47,18 @@ class Change(StrEnum):
     ROLLBACK = "rollback"  # a rollback of its deployment was decided after it passed
 
 
+# What people can be told about: the ``events`` of a notification channel (perfgate.yaml
+# ``notify[].events``).
+NOTIFICATION_EVENTS = (
+    "blocked",
+    "bypass_requested",
+    "bypass_approved",
+    "bypass_rejected",
+    "degraded",
+    "rollback",
+    "blind",
+)
+
 Listener = Callable[["Validation", Change], None]
 Runner = Callable[..., "ResultSet"]
 
@@ -53,6 +69,7 @@ _listeners: dict[str, Listener] = {}
 _runners: dict[str, Runner] = {}
 _header_sources: dict[str, HeaderSource] = {}
 _notifiers: dict[str, Notifier] = {}
+_config_sections: dict[str, Callable[..., None]] = {}
 
 
 def listen(name: str, listener: Listener) -> None:
@@ -111,3 +128,13 @@ def notify(notice: Notice) -> None:
     """Tell every notifier about ``notice``, in the caller's transaction."""
     for notifier in _notifiers.values():
         notifier(notice)
+
+
+def register_config_section(key: str, apply: Callable[..., None]) -> None:
+    """``apply(project=, specs=, applier=)`` applies perfgate.yaml's ``key`` section of one
+    project: it reports each change on ``applier`` (``gates.config``) and audits it."""
+    _config_sections[key] = apply
+
+
+def config_sections() -> dict[str, Callable[..., None]]:
+    return dict(_config_sections)

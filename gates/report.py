@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from perfgate_cli.table import COLUMNS, MAX_WIDTH, check_table, format_cell, summary_line
 
-__all__ = ["check_table", "markdown_notices", "markdown_table", "summary_line"]
+__all__ = ["check_table", "markdown_notices", "markdown_table", "markdown_text", "summary_line"]
 
 
 def _markdown_cell(key: str, value) -> str:
@@ -16,7 +16,7 @@ def _markdown_cell(key: str, value) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def _markdown_text(text: str) -> str:
+def markdown_text(text: str) -> str:
     """Plain text that Markdown shows as it is: one line, no markup (a notice is no HTML)."""
     text = " ".join(str(text).split())
     for char in "\\`*_[]<>#|":
@@ -26,7 +26,7 @@ def _markdown_text(text: str) -> str:
 
 def markdown_notices(notices) -> str:
     """The notices shown above a check table, one bold warning paragraph each."""
-    return "".join(f"**⚠ {_markdown_text(notice)}**\n\n" for notice in notices or ())
+    return "".join(f"**⚠ {markdown_text(notice)}**\n\n" for notice in notices or ())
 
 
 def markdown_table(checks: list[dict], *, max_bytes: int, notices=()) -> str:

@@ -1,13 +1,15 @@
 """Integrations in the admin. API tokens: made through the service (the token is shown once),
 revoked by an action, never edited; each user sees the tokens of the projects they may see.
-GitHub and Vercel connections: secrets are write-only (never shown again, kept when left empty),
-every edit audited without them. The outbox, webhook deliveries and Vercel checks: read-only
-records."""
+GitHub and Vercel connections and notification channels: secrets are write-only (never shown
+again, kept when left empty), every edit audited without them. The outbox, webhook deliveries,
+Vercel checks and notifications: read-only records."""
 
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.urls import reverse
+from django.utils.html import format_html
 
 from gates.admin.base import ProjectScopedMixin, ReadOnlyAdminMixin, ServiceFormMixin
 from gates.audit import Actor, audit_record
@@ -17,6 +19,8 @@ from gates.permissions import projects_where
 from integrations.models import (
     ApiToken,
     GitHubConnection,
+    Notification,
+    NotificationChannel,
     OutboundCall,
     VercelCheck,
     VercelConnection,
@@ -371,3 +375,186 @@ class WebhookDeliveryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_filter = ("provider", "event", "state")
     search_fields = ("delivery_id",)
     show_full_result_count = False
+
+
+class NotificationChannelForm(forms.ModelForm):
+    slack_webhook_url = forms.URLField(
+        required=False,
+        assume_scheme="https",
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="The incoming webhook URL (https://hooks.slack.com/services/…). Write-only: leave "
+        "empty to keep the stored one. A new URL mends a broken channel.",
+    )
+    recipients = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Email addresses, separated by commas or new lines.",
+    )
+    events = forms.MultipleChoiceField(
+        required=False,
+        choices=NotificationChannel.Event.choices,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None ticked: every event.",
+    )
+    environments = forms.MultipleChoiceField(
+        required=False,
+        choices=Environment.Name.choices,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None ticked: every environment.",
+    )
+
+    class Meta:
+        model = NotificationChannel
+        fields = (
+            "project",
+            "name",
+            "kind",
+            "slack_webhook_url",
+            "recipients",
+            "events",
+            "environments",
+            "enabled",
+        )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Never send a stored secret back to the browser.
+        self.initial["slack_webhook_url"] = ""
+        self.initial["recipients"] = ", ".join(self.instance.recipients or [])
+
+    def clean_recipients(self):
+        addresses = [a.strip() for a in self.cleaned_data["recipients"].replace("\n", ",").split(",")]
+        addresses = [a for a in addresses if a]
+        validate = forms.EmailField().clean
+        for address in addresses:
+            validate(address)
+        return addresses
+
+    def clean(self):
+        data = super().clean()
+        if not data.get("slack_webhook_url") and self.instance.pk:
+            data["slack_webhook_url"] = self.instance.slack_webhook_url
+        kind = data.get("kind")
+        if kind == NotificationChannel.Kind.EMAIL and not data.get("recipients"):
+            self.add_error("recipients", "An email channel needs at least one address.")
+        if kind == NotificationChannel.Kind.SLACK and not (
+            data.get("slack_webhook_url") or self.instance.webhook_secret_env
+        ):
+            self.add_error("slack_webhook_url", "A Slack channel needs its incoming webhook URL.")
+        return data
+
+
+def _channel_snapshot(channel: NotificationChannel) -> dict:
+    """A channel's settings for the audit log; of its webhook URL, only whether it is set."""
+    return {
+        "name": channel.name,
+        "kind": channel.kind,
+        "recipients": channel.recipients,
+        "events": channel.events,
+        "environments": channel.environments,
+        "enabled": channel.enabled,
+        "webhook_url_set": bool(channel.slack_webhook_url),
+    }
+
+
+@admin.register(NotificationChannel)
+class NotificationChannelAdmin(ProjectScopedMixin, admin.ModelAdmin):
+    form = NotificationChannelForm
+    list_display = ("name", "project", "kind", "wants", "covers", "health", "enabled")
+    list_filter = (("project", admin.RelatedOnlyFieldListFilter), "kind", "enabled")
+    list_select_related = ("project",)
+    readonly_fields = ("webhook_secret_env", "health", "config_source", "updated_at")
+
+    @admin.display(description="Events")
+    def wants(self, channel):
+        return ", ".join(channel.events) if channel.events else "every event"
+
+    @admin.display(description="Environments")
+    def covers(self, channel):
+        return ", ".join(channel.environments) if channel.environments else "every environment"
+
+    @admin.display(description="Health")
+    def health(self, channel):
+        if channel.is_broken:
+            return format_html(
+                '<strong style="color:#ba2121">Broken since {}:</strong> {}',
+                f"{channel.broken_at:%Y-%m-%d %H:%M} UTC",
+                channel.broken_reason,
+            )
+        if channel.kind == NotificationChannel.Kind.SLACK and not channel.slack_webhook_url:
+            return format_html('<strong style="color:#ba2121">{}</strong>', "No webhook URL")
+        return "Working"
+
+    def save_model(self, request, obj, form, change):
+        before = _channel_snapshot(NotificationChannel.objects.get(pk=obj.pk)) if change else None
+        replaced = (
+            bool(form.cleaned_data.get("slack_webhook_url")) and "slack_webhook_url" in form.changed_data
+        )
+        if replaced:
+            obj.broken_at, obj.broken_reason = None, ""
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            audit_record(
+                action=f"config.channel.{'updated' if change else 'created'}",
+                actor=Actor.for_user(request.user),
+                target=obj,
+                project=obj.project.slug,
+                reason="edited in the admin",
+                data={"before": before, "after": _channel_snapshot(obj), "webhook_url_replaced": replaced},
+            )
+
+
+@admin.register(Notification)
+class NotificationAdmin(ReadOnlyAdminMixin, ProjectScopedMixin, admin.ModelAdmin):
+    list_display = ("created_at", "event", "title", "to", "state", "attempts", "sent_at", "error")
+    list_filter = ("event", ("project", admin.RelatedOnlyFieldListFilter))
+    list_select_related = ("project", "channel", "call")
+    search_fields = ("title",)
+    show_full_result_count = False
+    fields = (
+        "title",
+        "event",
+        "project",
+        "environment",
+        "validation",
+        "to",
+        "state",
+        "attempts",
+        "sent_at",
+        "error",
+        "message_call",
+        "created_at",
+    )
+    readonly_fields = fields
+
+    @admin.display(description="To")
+    def to(self, notification):
+        if notification.channel_id:
+            return str(notification.channel.name)
+        return ", ".join(notification.recipients) or None
+
+    @admin.display(description="State")
+    def state(self, notification):
+        if notification.call is None:
+            return None
+        return notification.call.get_state_display().capitalize()
+
+    @admin.display(description="Attempts")
+    def attempts(self, notification):
+        return notification.call.attempts if notification.call else None
+
+    @admin.display(description="Sent")
+    def sent_at(self, notification):
+        return notification.call.delivered_at if notification.call else None
+
+    @admin.display(description="Last error")
+    def error(self, notification):
+        return (notification.call.last_error if notification.call else "") or None
+
+    @admin.display(description="Message (outbound call)")
+    def message_call(self, notification):
+        if notification.call is None:
+            return None
+        url = reverse("admin:integrations_outboundcall_change", args=[notification.call_id])
+        others = notification.call.notifications.count() - 1
+        return format_html('<a href="{}">#{}</a> (with {} other event(s))', url, notification.call_id, others)

@@ -24,10 +24,13 @@ _session = requests.Session()
 class CallFailed(Exception):
     """A call that did not succeed. ``retry_after``: seconds the other side asked us to wait."""
 
-    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None):
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None, detail: str = ""
+    ):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+        self.detail = detail  # what the other side said (its error message or code), if anything
 
 
 class TryLater(CallFailed):
@@ -119,32 +122,36 @@ def call(
     headers: dict | None = None,
     json=None,
     max_bytes: int = 10 * 2**20,
+    label: str = "",
 ) -> Reply:
     """One request. Redirects are returned, not followed (the caller decides whether a
     credential may go along). Raises ``TryLater`` or ``Refused``; never leaks the request's
-    headers into its messages."""
+    headers into its messages, nor its URL when ``label`` names the call instead (a Slack
+    webhook's URL is its secret)."""
+    what = label or f"{method} {url}"
     all_headers = {"User-Agent": USER_AGENT, **(headers or {})}
     try:
         response = _session.request(
             method, url, headers=all_headers, json=json, timeout=timeout, allow_redirects=False, stream=True
         )
     except requests.Timeout:
-        raise TryLater(f"{method} {url}: no answer within {timeout:g} s") from None
+        raise TryLater(f"{what}: no answer within {timeout:g} s") from None
     except requests.RequestException as exc:
-        raise TryLater(f"{method} {url}: {type(exc).__name__}") from None
+        raise TryLater(f"{what}: {type(exc).__name__}") from None
     chunks: list[bytes] = []
     with response:
-        _copy_limited(response, chunks.append, max_bytes, f"{method} {url}")
+        _copy_limited(response, chunks.append, max_bytes, what)
     body = b"".join(chunks)
     status = response.status_code
     if status < 400:
         return Reply(status, response.headers, body)
     wait = wait_asked_for(response.headers)
-    text = f"{method} {url}: HTTP {status} {_message(body) if body else ''}".strip()
+    detail = _message(body) if body else ""
+    text = f"{what}: HTTP {status} {detail}".strip()
     rate_limited = status == 429 or (status == 403 and wait is not None)
     if status >= 500 or status == 408 or rate_limited:
-        raise TryLater(text, status=status, retry_after=wait)
-    raise Refused(text, status=status)
+        raise TryLater(text, status=status, retry_after=wait, detail=detail)
+    raise Refused(text, status=status, detail=detail)
 
 
 def _copy_limited(response: requests.Response, write, max_bytes: int, what: str) -> int:

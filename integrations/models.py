@@ -345,3 +345,112 @@ class DeploymentReview(models.Model):
 
     def __str__(self):
         return f"deployment {self.deployment_id} → {self.environment_name}"
+
+
+class NotificationChannel(models.Model):
+    """Where people hear about the gate: a Slack incoming webhook or some email addresses, with
+    the events it wants and the environments it covers (empty: all of them).
+
+    A Slack webhook URL is a secret: encrypted at rest, set in the admin or taken by
+    ``apply_config`` from the environment variable perfgate.yaml names, shown nowhere. A channel
+    Slack says is gone (404, 410) or forbidden (403) is marked broken and sent nothing more until
+    someone gives it a new URL."""
+
+    class Kind(models.TextChoices):
+        SLACK = "slack", "Slack"
+        EMAIL = "email", "Email"
+
+    class Event(models.TextChoices):
+        BLOCKED = "blocked", "Build blocked"
+        BYPASS_REQUESTED = "bypass_requested", "Bypass requested"
+        BYPASS_APPROVED = "bypass_approved", "Bypass approved"
+        BYPASS_REJECTED = "bypass_rejected", "Bypass rejected"
+        DEGRADED = "degraded", "Production degrading"
+        ROLLBACK = "rollback", "Rollback"
+        BLIND = "blind", "Gate blind (cannot decide)"
+
+    project = models.ForeignKey(
+        "gates.Project", on_delete=models.CASCADE, related_name="notification_channels"
+    )
+    name = models.CharField(max_length=100, help_text="How people recognise it, e.g. '#perf-wedsync'.")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    slack_webhook_url = EncryptedTextField(
+        blank=True, help_text="The incoming webhook URL (https://hooks.slack.com/services/…): a secret."
+    )
+    webhook_secret_env = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="The environment variable perfgate.yaml names for the webhook URL (webhookSecret).",
+    )
+    recipients = models.JSONField(default=list, blank=True, help_text="Email addresses.")
+    events = models.JSONField(default=list, blank=True, help_text="Events it wants; empty: every event.")
+    environments = models.JSONField(
+        default=list, blank=True, help_text="Environment names it covers; empty: every environment."
+    )
+    enabled = models.BooleanField(default=True)
+    broken_at = models.DateTimeField(null=True, blank=True, editable=False)
+    broken_reason = models.CharField(max_length=300, blank=True, editable=False)
+    next_send_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="Slack: not before this (one message per second)."
+    )
+    config_source = models.CharField(max_length=300, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["project__slug", "name"]
+        verbose_name = "notification channel"
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="notification_channel_name_once"),
+        ]
+
+    def __str__(self):
+        return f"{self.name} ({self.get_kind_display()}, {self.project.slug})"
+
+    @property
+    def is_broken(self) -> bool:
+        return self.broken_at is not None
+
+    def wants(self, event: str, environment: str) -> bool:
+        return (
+            self.enabled
+            and (not self.events or event in self.events)
+            and (not self.environments or environment in self.environments)
+        )
+
+    @property
+    def ordering_key(self) -> str:
+        return f"notify:{self.pk}"
+
+
+class Notification(models.Model):
+    """One event for one channel, or for one person by email (the requester of a bypass hears
+    the decision): what to say (``item``, rendered when it is sent) and the outbox call that
+    carries it. Events of a channel that come within the coalescing window share one call: one
+    message with all of them."""
+
+    channel = models.ForeignKey(
+        NotificationChannel, on_delete=models.SET_NULL, null=True, blank=True, related_name="notifications"
+    )
+    recipients = models.JSONField(
+        default=list, blank=True, help_text="A direct email to these addresses (no channel)."
+    )
+    project = models.ForeignKey("gates.Project", on_delete=models.CASCADE, related_name="notifications")
+    environment = models.CharField(max_length=20, blank=True)
+    validation = models.ForeignKey(
+        "gates.Validation", on_delete=models.SET_NULL, null=True, blank=True, related_name="notifications"
+    )
+    event = models.CharField(max_length=20, choices=NotificationChannel.Event.choices)
+    title = models.CharField(max_length=300)
+    item = models.JSONField(help_text="What the message says about it.")
+    call = models.ForeignKey(
+        OutboundCall, on_delete=models.SET_NULL, null=True, blank=True, related_name="notifications"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["call", "id"], name="notification_by_call")]
+
+    def __str__(self):
+        return self.title

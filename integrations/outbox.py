@@ -76,27 +76,49 @@ def _claim(call_id: int, now) -> OutboundCall | None:
     return OutboundCall.objects.get(pk=call_id) if claimed else None
 
 
-_deliverers: dict[str, Callable[[OutboundCall], None]] = {}
+@dataclass(frozen=True)
+class Deliverer:
+    deliver: Callable[[OutboundCall], None]
+    # A wait the other side asks for (429 with Retry-After) holds every call of the project to
+    # that provider (GitHub limits a whole installation), or only the call's own key (Slack
+    # limits each webhook).
+    rate_limit_holds_project: bool = True
+    given_up: Callable[[OutboundCall, str], None] | None = None
 
 
-def register_deliverer(provider: str, deliver: Callable[[OutboundCall], None]) -> None:
+_deliverers: dict[str, Deliverer] = {}
+
+
+def register_deliverer(
+    provider: str,
+    deliver: Callable[[OutboundCall], None],
+    *,
+    rate_limit_holds_project: bool = True,
+    given_up: Callable[[OutboundCall, str], None] | None = None,
+) -> None:
     """How the calls recorded for ``provider`` are sent (each integration registers its own in
-    ``IntegrationsConfig.ready``). ``deliver`` raises ``http.TryLater`` or ``http.Refused``."""
-    _deliverers[provider] = deliver
+    ``IntegrationsConfig.ready``). ``deliver`` raises ``http.TryLater`` or ``http.Refused``;
+    ``given_up`` hears of a call that will never be sent (refused, or out of time)."""
+    _deliverers[provider] = Deliverer(deliver, rate_limit_holds_project, given_up)
 
 
-def _deliverer(provider: str) -> Callable[[OutboundCall], None]:
-    deliver = _deliverers.get(provider)
-    if deliver is None:
+def deliverers() -> dict[str, Deliverer]:
+    return dict(_deliverers)
+
+
+def _deliverer(provider: str) -> Deliverer:
+    deliverer = _deliverers.get(provider)
+    if deliverer is None:
         raise http.Refused(f"No deliverer for provider {provider!r}.")
-    return deliver
+    return deliverer
 
 
 def deliver_one(call: OutboundCall) -> str:
     """Send one claimed call and record what happened: "sent", "retrying" or "failed"."""
     now = timezone.now()
+    deliverer = _deliverers.get(call.provider)
     try:
-        _deliverer(call.provider)(call)
+        _deliverer(call.provider).deliver(call)
     except http.Pending as exc:
         wait = exc.retry_after or 1.0
         OutboundCall.objects.filter(pk=call.pk).update(
@@ -124,10 +146,13 @@ def deliver_one(call: OutboundCall) -> str:
             claimed_until=None,
             last_error=str(exc)[:2000],
         )
-        if exc.retry_after:
-            # GitHub asked this connection to wait: every call of the project waits with it.
+        if exc.retry_after and deliverer is not None and deliverer.rate_limit_holds_project:
+            # GitHub asked this connection to wait: every call of the project to it waits with it.
             OutboundCall.objects.filter(
-                project_id=call.project_id, state=OutboundCall.State.PENDING, next_attempt_at__lt=next_attempt
+                project_id=call.project_id,
+                provider=call.provider,
+                state=OutboundCall.State.PENDING,
+                next_attempt_at__lt=next_attempt,
             ).update(next_attempt_at=next_attempt)
         logger.info("outbox: %s #%s will be retried in %.0f s: %s", call.kind, call.pk, wait, exc)
         return "retrying"
@@ -140,13 +165,23 @@ def deliver_one(call: OutboundCall) -> str:
 
 
 def _finish(call: OutboundCall, state: str, attempts: int, error: str) -> None:
-    OutboundCall.objects.filter(pk=call.pk).update(
-        state=state,
-        attempts=attempts,
-        claimed_until=None,
-        last_error=error[:2000],
-        delivered_at=timezone.now() if state == OutboundCall.State.DELIVERED else None,
-    )
+    with transaction.atomic():
+        OutboundCall.objects.filter(pk=call.pk).update(
+            state=state,
+            attempts=attempts,
+            claimed_until=None,
+            last_error=error[:2000],
+            delivered_at=timezone.now() if state == OutboundCall.State.DELIVERED else None,
+        )
+        deliverer = _deliverers.get(call.provider)
+        if state == OutboundCall.State.FAILED and deliverer is not None and deliverer.given_up is not None:
+            # Told in the same transaction: a give-up nobody hears of would be a silent loss. A
+            # hook that breaks must not keep the call from finishing (it would be sent forever).
+            try:
+                with transaction.atomic():
+                    deliverer.given_up(call, error)
+            except Exception:
+                logger.exception("outbox: telling of given-up %s #%s failed", call.kind, call.pk)
 
 
 def deliver_due(*, wait_seconds: float = 0.0) -> Delivered:

@@ -47,6 +47,8 @@ def decrypt(stored: str) -> str:
 class EncryptedTextField(models.TextField):
     """Text kept encrypted in the database and plain in Python. Empty stays empty (no secret)."""
 
+    is_secret = True  # never copied into an audit event or a diff (``gates.config.config_snapshot``)
+
     def from_db_value(self, value, expression, connection):
         if not value:
             return value

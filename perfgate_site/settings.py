@@ -310,6 +310,33 @@ PERFGATE_VERCEL_DEPLOYMENT_SCHEME = env.str("PERFGATE_VERCEL_DEPLOYMENT_SCHEME",
 if PERFGATE_VERCEL_DEPLOYMENT_SCHEME not in ("https", "http"):
     raise ImproperlyConfigured("PERFGATE_VERCEL_DEPLOYMENT_SCHEME is https or http.")
 
+# Notifications (Slack incoming webhooks and email). Mail goes through Django's mail with the
+# EMAIL_URL backend (django-environ: smtp://user:password@host:587, smtp+tls://…, consolemail://);
+# by default it is printed to the console, as development wants.
+_email = env.email_url("EMAIL_URL", default="consolemail://")
+EMAIL_BACKEND = _email["EMAIL_BACKEND"]
+EMAIL_HOST = _email.get("EMAIL_HOST") or "localhost"
+EMAIL_PORT = _email.get("EMAIL_PORT") or 25
+EMAIL_HOST_USER = _email.get("EMAIL_HOST_USER") or ""
+EMAIL_HOST_PASSWORD = _email.get("EMAIL_HOST_PASSWORD") or ""
+EMAIL_USE_TLS = bool(_email.get("EMAIL_USE_TLS"))
+EMAIL_USE_SSL = bool(_email.get("EMAIL_USE_SSL"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="perfgate <perfgate@localhost>")
+EMAIL_TIMEOUT = env.float("EMAIL_TIMEOUT", default=10.0)
+SLACK_TIMEOUT_SECONDS = env.float("SLACK_TIMEOUT_SECONDS", default=10.0)
+# Slack accepts about one message per second per incoming webhook.
+PERFGATE_SLACK_MESSAGES_PER_SECOND = env.float("PERFGATE_SLACK_MESSAGES_PER_SECOND", default=1.0)
+if PERFGATE_SLACK_MESSAGES_PER_SECOND <= 0:
+    raise ImproperlyConfigured("PERFGATE_SLACK_MESSAGES_PER_SECOND must be above 0.")
+# Events of one channel within this many seconds of the first become one message (a CI matrix
+# blocked twenty times, an alert storm); a message carries at most PERFGATE_NOTIFY_MAX_EVENTS.
+PERFGATE_NOTIFY_WINDOW_SECONDS = env.float("PERFGATE_NOTIFY_WINDOW_SECONDS", default=10.0)
+PERFGATE_NOTIFY_MAX_EVENTS = env.int("PERFGATE_NOTIFY_MAX_EVENTS", default=50)
+if PERFGATE_NOTIFY_WINDOW_SECONDS < 0 or PERFGATE_NOTIFY_MAX_EVENTS < 1:
+    raise ImproperlyConfigured(
+        "PERFGATE_NOTIFY_WINDOW_SECONDS must be 0 or more, PERFGATE_NOTIFY_MAX_EVENTS 1 or more."
+    )
+
 # Watching production after a deploy. A probe is gentle: at most this many VUs for this long.
 PERFGATE_PROBE_MAX_VUS = env.int("PERFGATE_PROBE_MAX_VUS", default=5)
 PERFGATE_PROBE_MAX_SECONDS = env.int("PERFGATE_PROBE_MAX_SECONDS", default=30)
@@ -366,7 +393,11 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # urllib3 writes every request line at DEBUG: a Slack webhook's path is its secret.
+        "urllib3": {"level": "INFO"},
+    },
 }
 
 # A worker holds a running test by a lease it renews every PERFGATE_LEASE_RENEW_SECONDS; a lease

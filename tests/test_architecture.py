@@ -219,7 +219,10 @@ def test_type_checking_imports_and_app_wiring_are_not_dependencies():
 
 def test_integrations_plug_into_the_gate_at_start_up():
     from gates import registry
+    from integrations import outbox
 
-    assert list(registry.listeners()) == ["baselines", "github", "vercel"]
+    assert list(registry.listeners()) == ["baselines", "github", "vercel", "notify"]
     assert set(registry.runners()) == {"k6", "locust", "github"}
     assert list(registry.header_sources()) == ["vercel"]
+    assert list(registry.notifiers()) == ["notify"]
+    assert set(outbox.deliverers()) == {"github", "vercel", "slack", "email"}

@@ -24,9 +24,10 @@ from django.utils import timezone
 
 from gates.audit import SYSTEM, Actor, audit_record
 from gates.errors import InvalidState, NotPermitted, ServiceError
-from gates.models import BypassApproval, BypassRequest, Validation
+from gates.models import BypassApproval, BypassRequest, Notice, Validation
 from gates.permissions import may, require_right
 from gates.registry import Change, announce
+from gates.services.notices import notice_record
 from gates.services.validations import atomic_retried, lock_validation, record_outcome
 
 DEFAULT_EXPIRY_MINUTES = 4 * 60
@@ -105,7 +106,20 @@ def bypass_request(
             "verdict": validation.verdict,
         },
     )
+    approvals = "two approvals" if bypass.required_approvals > 1 else "an approval"
+    notice_record(
+        bypass=bypass,
+        kind="bypass_requested",
+        level=Notice.Level.WARNING,
+        title=f"{_where(bypass)} bypass requested by {bypass.requested_by}",
+        text=f"{justification}\nIt needs {approvals} by someone else before "
+        f"{bypass.expires_at:%Y-%m-%d %H:%M} UTC.",
+    )
     return bypass
+
+
+def _where(bypass: BypassRequest) -> str:
+    return f"{bypass.project.slug}/{bypass.environment.name} build {bypass.build_id}"
 
 
 def _locked(bypass: BypassRequest) -> BypassRequest:
@@ -202,6 +216,14 @@ def _apply(bypass: BypassRequest, validation: Validation, approvers: list[str], 
         },
     )
     announce(validation, Change.BYPASSED)
+    notice_record(
+        bypass=bypass,
+        kind="bypass_approved",
+        level=Notice.Level.WARNING,
+        title=f"{_where(bypass)} bypass approved by {', '.join(approvers)}",
+        text=f"{bypass.justification}\nThe build may deploy; its verdict stays "
+        f"{validation.verdict or 'none'}.",
+    )
 
 
 @atomic_retried
@@ -224,6 +246,13 @@ def bypass_reject(*, bypass: BypassRequest, user, reason: str = "") -> BypassReq
         environment=bypass.environment.name,
         reason=reason,
         data={"build_id": bypass.build_id},
+    )
+    notice_record(
+        bypass=bypass,
+        kind="bypass_rejected",
+        level=Notice.Level.INFO,
+        title=f"{_where(bypass)} bypass rejected by {bypass.decided_by}",
+        text=reason or "No reason given. The build stays blocked.",
     )
     return bypass
 

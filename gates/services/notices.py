@@ -1,5 +1,6 @@
 """What people must hear that is not a validation's verdict: a watch whose probes keep erroring,
-a rollback proposed, done or failed, an alert a probe did not confirm. Recorded as a ``Notice`` in
+a rollback proposed, done or failed, an alert a probe did not confirm, a bypass asked for or
+decided. Recorded as a ``Notice`` in
 the transaction of the change that caused it, logged, and announced to the registered notifiers
 (``gates.registry``)."""
 
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from gates.models import Notice, Watch
+from gates.models import BypassRequest, Notice, Watch
 from gates.registry import notify
 
 logger = logging.getLogger(__name__)
@@ -18,14 +19,26 @@ def notice_title(watch: Watch, what: str) -> str:
     return f"{watch.project.slug}/{watch.environment.name} build {watch.validation.build_id} {what}"[:300]
 
 
-def notice_record(*, watch: Watch, kind: str, level: str, title: str, text: str) -> Notice:
-    """Record something people must hear (in the caller's transaction) and announce it to the
-    notifiers."""
+def notice_record(
+    *,
+    kind: str,
+    level: str,
+    title: str,
+    text: str,
+    watch: Watch | None = None,
+    bypass: BypassRequest | None = None,
+) -> Notice:
+    """Record something people must hear about a watch or a bypass request (in the caller's
+    transaction) and announce it to the notifiers."""
+    subject = watch if watch is not None else bypass
+    if subject is None:
+        raise ValueError("A notice is about a watch or a bypass request.")
     notice = Notice.objects.create(
-        project=watch.project,
-        environment=watch.environment,
-        validation=watch.validation,
+        project=subject.project,
+        environment=subject.environment,
+        validation=subject.validation,
         watch=watch,
+        bypass=bypass,
         kind=kind,
         level=level,
         title=title[:300],

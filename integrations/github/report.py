@@ -23,9 +23,9 @@ from django.db import transaction
 from gates.documents import validation_links
 from gates.models import Rollback, Validation
 from gates.registry import Change
-from gates.report import markdown_table
+from gates.report import markdown_table, markdown_text
 from gates.services.rollbacks import rollback_take
-from integrations.models import DeploymentReview, GitHubConnection, OutboundCall
+from integrations.models import DeploymentReview, GitHubConnection, NotificationChannel, OutboundCall
 from integrations.outbox import queue_delivery
 
 STATUS_DESCRIPTION_MAX = 140
@@ -98,6 +98,7 @@ def summary_markdown(validation: Validation, *, max_bytes: int) -> str:
     )
     if validation.status_reason and not validation.is_pending:
         head += f"{validation.status_reason}\n\n"
+    head += _broken_channels(validation)
     tail = f"\n[Metric history chart]({chart}) · [Validation in perfgate]({page})\n"
     report = validation.report or {}
     checks = report.get("checks", [])
@@ -105,6 +106,18 @@ def summary_markdown(validation: Validation, *, max_bytes: int) -> str:
         return (head + tail)[:max_bytes]
     room = max_bytes - len(head.encode()) - len(tail.encode())
     return head + markdown_table(checks, max_bytes=room, notices=report.get("notices", ())) + tail
+
+
+def _broken_channels(validation: Validation) -> str:
+    """A warning for each notification channel of the project that Slack closed: people who
+    rely on it are not being told."""
+    broken = NotificationChannel.objects.filter(project_id=validation.project_id, broken_at__isnull=False)
+    return "".join(
+        f"> [!WARNING]\n> Notification channel **{markdown_text(c.name)}** is broken "
+        f"({markdown_text(c.broken_reason)}): nobody hears about this project there until it gets a new "
+        "webhook URL in perfgate's admin.\n\n"
+        for c in broken.order_by("name")
+    )
 
 
 def _annotations(validation: Validation) -> list[dict]:

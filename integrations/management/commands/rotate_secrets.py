@@ -1,16 +1,21 @@
 """Re-encrypt every stored third-party secret with the newest key of PERFGATE_SECRETS_KEYS."""
 
+from django.apps import apps
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from integrations.models import GitHubConnection, VercelConnection
-from integrations.secrets import SecretUnreadable
+from integrations.secrets import EncryptedTextField, SecretUnreadable
 
-# (model, its encrypted fields): everything rotate_secrets re-encrypts.
-ENCRYPTED = [
-    (GitHubConnection, ("private_key", "token")),
-    (VercelConnection, ("token", "protection_bypass_secret")),
-]
+
+def encrypted_fields() -> list[tuple[type, tuple[str, ...]]]:
+    """(model, its encrypted fields) for every model: a new secret field is rotated without
+    anyone remembering to list it here."""
+    found = []
+    for model in apps.get_models():
+        names = tuple(f.name for f in model._meta.concrete_fields if isinstance(f, EncryptedTextField))
+        if names:
+            found.append((model, names))
+    return found
 
 
 class Command(BaseCommand):
@@ -23,7 +28,7 @@ class Command(BaseCommand):
         rotated = 0
         try:
             with transaction.atomic():
-                for model, fields in ENCRYPTED:
+                for model, fields in encrypted_fields():
                     # Reading decrypts with whichever key fits; saving encrypts with the newest.
                     for row in model.objects.select_for_update().only("pk", *fields):
                         present = [name for name in fields if getattr(row, name)]
