@@ -5,6 +5,7 @@ demo: setup
 	.venv/bin/python manage.py demo
 
 test: setup
+	bash scripts/ensure-chromium
 	Q_CLUSTER_NAME=perfgate-tests .venv/bin/python -m pytest $(PYTEST_ARGS)
 
 setup:

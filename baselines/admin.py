@@ -4,7 +4,7 @@ from django.contrib import admin, messages
 
 from baselines.models import Baseline, BaselineMetric
 from baselines.services import baseline_pin, baseline_unpin
-from gates.admin.base import ProjectScopedMixin, ReadOnlyAdminMixin
+from gates.admin.base import ENVIRONMENT_FILTER, ProjectScopedMixin, ReadOnlyAdminMixin
 from gates.audit import Actor
 from gates.errors import ServiceError
 from gates.permissions import projects_where
@@ -49,7 +49,7 @@ class BaselineAdmin(ReadOnlyAdminMixin, ProjectScopedMixin, admin.ModelAdmin):
         "created_by",
         "created_at",
     )
-    list_filter = ("pinned", "environment__name", ("project", admin.RelatedOnlyFieldListFilter))
+    list_filter = ("pinned", ENVIRONMENT_FILTER, ("project", admin.RelatedOnlyFieldListFilter))
     list_select_related = ("project", "environment", "scenario")
     fields = (
         "project",

@@ -32,7 +32,7 @@ from rest_framework.views import APIView
 
 from baselines.services import baseline_request
 from gates import selectors, waiting
-from gates.documents import summary_metrics, validation_links, watch_document
+from gates.documents import public_url, summary_metrics, validation_links, watch_document
 from gates.errors import NotFound, NotPermitted, ServiceError
 from gates.models import (
     BypassRequest,
@@ -247,13 +247,15 @@ class ValidationSerializer(serializers.Serializer):
 
     @extend_schema_serializer(component_name="ValidationLinks")
     class Links(serializers.Serializer):
+        """Absolute under PERFGATE_BASE_URL when that is set; paths otherwise."""
+
         status = serializers.CharField()
         regression = serializers.CharField()
         admin = serializers.CharField()
         chart = serializers.CharField()
 
         def to_representation(self, validation):
-            return validation_links(validation)
+            return validation_links(validation, public=True)
 
     @extend_schema_serializer(component_name="ValidationProgress")
     class Progress(serializers.Serializer):
@@ -732,7 +734,7 @@ class BypassSerializer(serializers.Serializer):
 
     class Links(serializers.DictField):
         def to_representation(self, bypass):
-            return {"admin": reverse("admin:gates_bypassrequest_change", args=[bypass.pk])}
+            return {"admin": public_url(reverse("admin:gates_bypassrequest_change", args=[bypass.pk]))}
 
     bypassId = serializers.UUIDField(source="pk")
     project = serializers.CharField(source="project.slug")

@@ -9,6 +9,7 @@ import functools
 import math
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.urls import reverse
 
 SUMMARY_METRICS = {
@@ -68,11 +69,22 @@ def summary_metrics(series_values) -> dict:
     return metrics
 
 
-def validation_links(validation) -> dict:
-    """Where CI, ops and people reading a report find a validation (paths, not absolute URLs)."""
-    return dict(
-        _links(validation.project.slug, validation.environment.name, validation.build_id, str(validation.pk))
+def public_url(path: str) -> str:
+    """``path`` under ``PERFGATE_BASE_URL`` when that was given (in the environment or .env), else
+    the path itself: the setting's default only guesses where a development server listens, and an
+    API client that called us knows better than that guess."""
+    if not settings.PERFGATE_BASE_URL_GIVEN:
+        return path
+    return settings.PERFGATE_BASE_URL + path
+
+
+def validation_links(validation, *, public: bool = False) -> dict:
+    """Where CI, ops and people reading a report find a validation: paths, or with ``public`` the
+    links the API answers with (absolute when ``PERFGATE_BASE_URL`` was given, ``public_url``)."""
+    links = _links(
+        validation.project.slug, validation.environment.name, validation.build_id, str(validation.pk)
     )
+    return {name: public_url(path) if public else path for name, path in links.items()}
 
 
 @functools.lru_cache(maxsize=4096)

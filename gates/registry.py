@@ -16,6 +16,9 @@ outside world. Instead, apps register here in their ``AppConfig.ready()``:
   validation's target (Vercel's protection bypass for protected previews). A source reads the
   database only; its values are secrets and go nowhere but the tool's requests.
 
+- **problem sources** tell the admin's dashboard what is broken outside the gate (a notification
+  channel Slack closed, outbox calls given up): ``source(user=, projects=)`` returns
+  ``gates.admin.dashboard.Problem`` rows; it reads the database only.
 - **config sections** apply a section of perfgate.yaml that belongs to an integration (``notify``:
   notification channels); the gate checks the section's shape and calls the section's applier
   inside ``apply_config``'s transaction.
@@ -70,6 +73,7 @@ _runners: dict[str, Runner] = {}
 _header_sources: dict[str, HeaderSource] = {}
 _notifiers: dict[str, Notifier] = {}
 _config_sections: dict[str, Callable[..., None]] = {}
+_problem_sources: dict[str, Callable[..., list]] = {}
 
 
 def listen(name: str, listener: Listener) -> None:
@@ -138,3 +142,11 @@ def register_config_section(key: str, apply: Callable[..., None]) -> None:
 
 def config_sections() -> dict[str, Callable[..., None]]:
     return dict(_config_sections)
+
+
+def register_problem_source(name: str, source: Callable[..., list]) -> None:
+    _problem_sources[name] = source
+
+
+def problem_sources() -> dict[str, Callable[..., list]]:
+    return dict(_problem_sources)

@@ -1,18 +1,38 @@
-"""The check table, as text for terminals and as Markdown for GitHub.
+"""The check table, as text for terminals and as Markdown for GitHub, and the one number formatter.
 
-The text table and the summary line come from :mod:`perfgate_cli.table`: the CLI installs without
-the server, so the shared rendering lives in its distribution and the server imports it from there.
+The text table, the summary line and the number formatter (``format_value``, ``format_change``,
+``format_p``, ``unit_of``: rounded values with their units, one en dash for none) come from
+:mod:`perfgate_cli`: the CLI installs without the server, so the shared rendering lives in its
+distribution and the server imports it from here. The API keeps full precision.
 """
 
 from __future__ import annotations
 
-from perfgate_cli.table import COLUMNS, MAX_WIDTH, check_table, format_cell, summary_line
+from perfgate_cli.numbers import NONE, format_change, format_measure, format_p, format_value, unit_of
+from perfgate_cli.table import MAX_WIDTH, check_table, columns, format_cell, summary_line
 
-__all__ = ["check_table", "markdown_notices", "markdown_table", "markdown_text", "summary_line"]
+__all__ = [
+    "NONE",
+    "check_table",
+    "format_change",
+    "format_measure",
+    "format_p",
+    "format_value",
+    "markdown_notices",
+    "markdown_table",
+    "markdown_text",
+    "summary_line",
+    "unit_of",
+]
 
 
-def _markdown_cell(key: str, value) -> str:
-    text = format_cell(key, value) if key not in MAX_WIDTH else ("—" if value is None else str(value))
+def _markdown_cell(key: str, check: dict) -> str:
+    # Markdown wraps: rules and reasons are shown whole.
+    text = (
+        format_cell(key, check.get(key), check)
+        if key not in MAX_WIDTH
+        else " ".join(str(check.get(key) or NONE).split())
+    )
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
@@ -32,18 +52,16 @@ def markdown_notices(notices) -> str:
 def markdown_table(checks: list[dict], *, max_bytes: int, notices=()) -> str:
     """The check table as GitHub Markdown with the notices above it, at most ``max_bytes`` (rows
     that do not fit are counted in a last line instead of being cut in half; notices always show)."""
+    shown = columns(checks)
     header = (
         markdown_notices(notices)
         + "| "
-        + " | ".join(title for _, title in COLUMNS)
+        + " | ".join(title for _, title in shown)
         + " |\n|"
-        + "---|" * len(COLUMNS)
+        + "---|" * len(shown)
         + "\n"
     )
-    rows = [
-        "| " + " | ".join(_markdown_cell(key, check.get(key)) for key, _ in COLUMNS) + " |\n"
-        for check in checks
-    ]
+    rows = ["| " + " | ".join(_markdown_cell(key, check) for key, _ in shown) + " |\n" for check in checks]
     table, size = header, len(header.encode())
     for shown, row in enumerate(rows):
         rest = f"\n… and {len(rows) - shown} more checks (see perfgate).\n"

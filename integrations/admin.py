@@ -11,7 +11,7 @@ from django.db import transaction
 from django.urls import reverse
 from django.utils.html import format_html
 
-from gates.admin.base import ProjectScopedMixin, ReadOnlyAdminMixin, ServiceFormMixin
+from gates.admin.base import ProjectScopedMixin, ReadOnlyAdminMixin, ServiceFormMixin, titled_filter
 from gates.audit import Actor, audit_record
 from gates.errors import ServiceError
 from gates.models import Environment
@@ -345,7 +345,7 @@ class VercelConnectionAdmin(ProjectScopedMixin, admin.ModelAdmin):
 class VercelCheckAdmin(ReadOnlyAdminMixin, ProjectScopedMixin, admin.ModelAdmin):
     project_path = "validation__project"
     list_display = ("deployment_id", "validation", "api", "vercel_id", "created_at")
-    list_filter = ("api",)
+    list_filter = (titled_filter("api", "checks API"),)
     list_select_related = ("validation__project", "validation__environment")
     search_fields = ("deployment_id", "vercel_id")
     show_full_result_count = False

@@ -10,7 +10,7 @@ class IntegrationsConfig(AppConfig):
         A new integration adds its own lines here and touches nothing in ``gates``."""
         from gates import registry
         from gates.models import Scenario
-        from integrations import outbox, webhooks
+        from integrations import dashboard, outbox, webhooks
         from integrations.github import delivery, report, workflows
         from integrations.notify import config as notify_config
         from integrations.notify import delivery as notify_delivery
@@ -29,6 +29,7 @@ class IntegrationsConfig(AppConfig):
         registry.listen("notify", notify_events.notify_listen)
         registry.register_notifier("notify", notify_events.notify_notice)
         registry.register_config_section("notify", notify_config.notify_apply)
+        registry.register_problem_source("integrations", dashboard.integration_problems)
         for provider in ("slack", "email"):
             outbox.register_deliverer(
                 provider,

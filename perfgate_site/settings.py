@@ -34,6 +34,8 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 # The public address of this perfgate, for links in API responses, GitHub and Slack.
 PERFGATE_BASE_URL = env.str("PERFGATE_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
+# Only an address someone gave makes the API's links absolute (gates.documents.public_url).
+PERFGATE_BASE_URL_GIVEN = "PERFGATE_BASE_URL" in env.ENVIRON
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -397,6 +399,9 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
         # urllib3 writes every request line at DEBUG: a Slack webhook's path is its secret.
         "urllib3": {"level": "INFO"},
+        # django-axes says INFO at every start-up (every manage.py command) and at every login;
+        # its warnings (repeated failures, lockouts) still show.
+        "axes": {"level": "WARNING"},
     },
 }
 

@@ -25,7 +25,15 @@ GATE_TO_INTEGRATIONS = {
 }
 # Baselines belong to the gate domain; the core reads them, and only the edge asks them to change.
 CORE_TO_BASELINES = ("baselines.models", "baselines.selectors", "baselines.stats")
-PURE = ("gates.rules", "gates.results", "gates.loadtest", "gates.targets", "gates.units", "baselines.stats")
+PURE = (
+    "gates.rules",
+    "gates.results",
+    "gates.loadtest",
+    "gates.targets",
+    "gates.units",
+    "gates.charts",
+    "baselines.stats",
+)
 SHARED_SITE = ("perfgate_site.api", "perfgate_site.limits")
 
 
@@ -225,4 +233,6 @@ def test_integrations_plug_into_the_gate_at_start_up():
     assert set(registry.runners()) == {"k6", "locust", "github"}
     assert list(registry.header_sources()) == ["vercel"]
     assert list(registry.notifiers()) == ["notify"]
+    assert list(registry.config_sections()) == ["notify"]
+    assert list(registry.problem_sources()) == ["integrations"]
     assert set(outbox.deliverers()) == {"github", "vercel", "slack", "email"}

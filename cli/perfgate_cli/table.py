@@ -8,29 +8,43 @@ distribution because the CLI installs without the server; the server imports it 
 
 from __future__ import annotations
 
+from perfgate_cli.numbers import NONE, format_change, format_measure, format_p
+
 COLUMNS = (
     ("rule", "rule"),
     ("observed", "observed"),
     ("baseline", "baseline"),
     ("changePct", "change"),
     ("limit", "limit"),
+    ("pValue", "p"),
     ("verdict", "verdict"),
     ("reason", "reason"),
 )
 MAX_WIDTH = {"rule": 48, "reason": 90}
+MEASURED = ("observed", "baseline", "limit")
 
 
-def format_cell(key: str, value) -> str:
-    """One value as the table shows it: numbers rounded, long rules and reasons cut with an ellipsis."""
-    if value is None:
-        return "—"
+def columns(checks: list[dict]) -> tuple:
+    """The columns a table of ``checks`` shows: the p column only when a test ran for one of them."""
+    if any(check.get("pValue") is not None for check in checks):
+        return COLUMNS
+    return tuple(column for column in COLUMNS if column[0] != "pValue")
+
+
+def format_cell(key: str, value, check: dict | None = None) -> str:
+    """One value as the table shows it: measured values rounded and with the unit of the check's
+    metric (``341.0 ms``, ``0.20 %``), changes signed, long rules and reasons cut with an ellipsis,
+    one en dash for none."""
+    check = check or {}
+    if key in MEASURED:
+        return format_measure(value, check.get("metric"), check.get("aggregation"))
     if key == "changePct":
-        return f"{value:+.1f}%"
-    if isinstance(value, float):
-        if value.is_integer() and key in ("observed", "baseline", "limit"):
-            return f"{value:,.0f}"
-        return f"{value:.4g}" if abs(value) < 1 else f"{value:,.1f}"
-    text = str(value)
+        return format_change(value)
+    if key == "pValue":
+        return format_p(value)[2:] or NONE
+    if value is None or value == "":
+        return NONE
+    text = " ".join(str(value).split())
     width = MAX_WIDTH.get(key)
     return text if width is None or len(text) <= width else text[: width - 1] + "…"
 
@@ -43,9 +57,10 @@ def notice_lines(notices) -> list[str]:
 def check_table(checks: list[dict], notices=()) -> str:
     """An aligned text table, one row per check, with the notices above it: a gate that checks
     less than it seems to (relative rules without a baseline) says so where the checks are read."""
-    rows = [[title for _, title in COLUMNS]]
-    rows += [[format_cell(key, check.get(key)) for key, _ in COLUMNS] for check in checks]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    shown = columns(checks)
+    rows = [[title for _, title in shown]]
+    rows += [[format_cell(key, check.get(key), check) for key, _ in shown] for check in checks]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(shown))]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
@@ -60,8 +75,11 @@ def summary_line(validation: dict) -> str:
     ]
     line = (
         f"{validation.get('project')}/{validation.get('environment')} build {validation.get('buildId')}: "
-        f"status {validation.get('status')}, verdict {validation.get('verdict') or '—'} → {allowed}"
+        f"status {validation.get('status')}, verdict {validation.get('verdict') or NONE} → {allowed}"
     )
-    if validation.get("wouldBlock") and validation.get("deploymentAllowed"):
+    if validation.get("status") == "bypassed":
+        # A bypass keeps would-block (the gate did block): it is no shadow-mode figure.
+        line += " (bypassed: the gate blocked it; an approved bypass let it through)"
+    elif validation.get("wouldBlock") and validation.get("deploymentAllowed"):
         line += " (shadow mode: enforcement would have blocked)"
     return line

@@ -19,7 +19,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date
 from django.utils.functional import cached_property
 
-from gates.admin.base import ReadOnlyAdminMixin
+from gates.admin.base import ReadOnlyAdminMixin, fields_table
 from gates.models import AuditEvent, Environment
 from gates.permissions import sees_every_project, visible_projects
 
@@ -147,8 +147,13 @@ class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     show_full_result_count = False
     list_per_page = 50
     change_list_template = "admin/gates/auditevent/change_list.html"
-    readonly_fields = EXPORT_FIELDS[1:]
+    # The event's data as labelled rows; the exports keep it as JSON.
+    readonly_fields = tuple("data_shown" if name == "data" else name for name in EXPORT_FIELDS[1:])
     fields = readonly_fields
+
+    @admin.display(description="data")
+    def data_shown(self, obj):
+        return fields_table(obj.data)
 
     def get_queryset(self, request):
         queryset = super().get_queryset(request)

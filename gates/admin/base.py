@@ -4,7 +4,7 @@ and scoping to the projects a user may see."""
 from django.contrib import admin, messages
 from django.db import transaction
 from django.http import HttpResponseRedirect
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from gates.audit import Actor, audit_record
 from gates.config import config_snapshot
@@ -14,6 +14,7 @@ from gates.permissions import may, projects_where, sees_every_project, visible_p
 
 VERDICT_COLOURS = {
     "pass": "#1a7f37",
+    "allowed": "#1a7f37",
     "passed": "#1a7f37",
     "warn": "#9a6700",
     "no_baseline": "#9a6700",
@@ -28,11 +29,92 @@ VERDICT_COLOURS = {
 }
 
 
+NONE = "\u2013"  # one en dash for "none", everywhere a person reads the admin
+BLOCKING_COLOUR = "#cf222e"
+QUIET_COLOUR = "#57606a"
+
+
+def label(value: str) -> str:
+    """A status, verdict or state as the admin writes it: first letter capital ("No baseline"),
+    as Django writes the same choices in the list filters."""
+    if not value:
+        return NONE
+    text = value.replace("_", " ")
+    return text[:1].upper() + text[1:]
+
+
 def badge(value: str):
     if not value:
-        return "—"
-    colour = VERDICT_COLOURS.get(value, "#57606a")
-    return format_html('<strong style="color:{}">{}</strong>', colour, value.replace("_", " "))
+        return NONE
+    colour = VERDICT_COLOURS.get(value, QUIET_COLOUR)
+    return format_html('<strong style="color:{}">{}</strong>', colour, label(value))
+
+
+def consequence(happens: bool, what: str):
+    """What the gate would do, in words that cannot be misread: a red "would block" or a grey
+    "would not block" (a green tick would read as good news)."""
+    if happens:
+        return format_html(
+            '<strong class="perfgate-would" style="color:{}">would {}</strong>', BLOCKING_COLOUR, what
+        )
+    return format_html(
+        '<span class="perfgate-would-not" style="color:{}">would not {}</span>', QUIET_COLOUR, what
+    )
+
+
+def fields_table(data):
+    """A JSON field (a test config, a deployment context, a policy) as labelled rows a person
+    reads: nested objects indented, lists joined, nothing as raw JSON; one en dash when empty."""
+    if data in (None, "", [], {}):
+        return NONE
+    if not isinstance(data, dict):
+        return _plain(data)
+    return format_html(
+        '<table class="perfgate-fields" style="margin:0"><tbody>{}</tbody></table>',
+        format_html_join(
+            "",
+            '<tr><th scope="row" style="padding:2px 12px 2px 0;font-weight:600">{}</th>'
+            '<td style="padding:2px 0">{}</td></tr>',
+            (
+                (key, fields_table(value) if isinstance(value, dict) else _plain(value))
+                for key, value in data.items()
+            ),
+        ),
+    )
+
+
+def _plain(value) -> str:
+    if value is None or value == "" or value == []:
+        return NONE
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(_plain(item) for item in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{key}: {_plain(item)}" for key, item in value.items())
+    return str(value)
+
+
+class _TitledFilter(admin.FieldListFilter):
+    """The filter Django would choose for the field, under a title that says what it filters."""
+
+    filter_title = ""
+
+    def __new__(cls, field, request, params, model, model_admin, field_path):
+        spec = admin.FieldListFilter.create(field, request, params, model, model_admin, field_path)
+        spec.title = cls.filter_title
+        return spec
+
+
+def titled_filter(field_path: str, title: str) -> tuple:
+    """A ``list_filter`` entry named after what it filters: ``titled_filter("environment__name",
+    "environment")`` is "By environment", not Django's "By name"."""
+    return field_path, type(
+        f"{title.title().replace(' ', '')}Filter", (_TitledFilter,), {"filter_title": title}
+    )
+
+
+ENVIRONMENT_FILTER = titled_filter("environment__name", "environment")
 
 
 class ReadOnlyAdminMixin:

@@ -11,7 +11,7 @@ from django.utils.timezone import localtime
 from guardian.admin import GuardedModelAdmin
 
 from baselines.selectors import blind_now, not_active_since
-from gates.admin.base import ConfigSourceMixin, ProjectScopedMixin
+from gates.admin.base import NONE, ConfigSourceMixin, ProjectScopedMixin, titled_filter
 from gates.calibration import rule_noise
 from gates.models import Environment, Project, Scenario, ThresholdRule
 from gates.permissions import projects_where, sees_every_project, visible_projects
@@ -119,7 +119,7 @@ class EnvironmentAdmin(ConfigSourceMixin, ProjectScopedMixin, admin.ModelAdmin):
         "relative_rules",
         "source",
     )
-    list_filter = ("name", "mode", "fail_closed")
+    list_filter = (titled_filter("name", "environment"), "mode", "fail_closed")
     list_select_related = ("project",)
     form = EnvironmentForm
     readonly_fields = ("relative_rules", "shadow_table")
@@ -171,7 +171,7 @@ class EnvironmentAdmin(ConfigSourceMixin, ProjectScopedMixin, admin.ModelAdmin):
             since = blind_now(obj, scenario)
             states.append((scenario.name, "active" if since is None else not_active_since(since)))
         if not states:
-            return "—"
+            return NONE
         return format_html(
             '<ul style="margin:0;padding:0;list-style:none">{}</ul>',
             format_html_join(
@@ -191,10 +191,10 @@ class EnvironmentAdmin(ConfigSourceMixin, ProjectScopedMixin, admin.ModelAdmin):
             (
                 figure.label,
                 figure.severity,
-                figure.scenario or "—",
+                figure.scenario or NONE,
                 f"{'would have blocked' if figure.would_block else 'failed'} {figure.hits} of "
                 f"{figure.checked}",
-                date_format(localtime(figure.last_hit), "DATETIME_FORMAT") if figure.last_hit else "—",
+                date_format(localtime(figure.last_hit), "DATETIME_FORMAT") if figure.last_hit else NONE,
             )
             for figure in figures
         )
@@ -228,7 +228,7 @@ class ScenarioAdmin(ConfigSourceMixin, ProjectScopedMixin, admin.ModelAdmin):
     def calibrated_noise(self, obj):
         """Each relative rule with its calibrated noise, flagged when its fail % is below it."""
         if obj.pk is None:
-            return "—"
+            return NONE
         relative = obj.rules.filter(kind=ThresholdRule.Kind.RELATIVE).select_related("scenario")
         rows = [(rule.label, _noise_html(rule)) for rule in relative.order_by("id")]
         if not rows:
@@ -300,7 +300,7 @@ def _noise_html(rule: ThresholdRule):
     with a red "below noise" when the rule fails from a smaller change than history mode sees."""
     noise = rule_noise(rule) if rule.pk is not None else None
     if noise is None:
-        return "—" if rule.kind != ThresholdRule.Kind.RELATIVE else "not calibrated"
+        return NONE if rule.kind != ThresholdRule.Kind.RELATIVE else "not calibrated"
     if not noise.below_noise:
         return noise.describe()
     return format_html(

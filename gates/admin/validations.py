@@ -6,13 +6,28 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.html import format_html, format_html_join
+from django.utils.timezone import localtime
 
-from gates.admin.base import ProjectScopedMixin, ReadOnlyAdminMixin, ServiceFormMixin, badge
+from gates import selectors
+from gates.admin.base import (
+    ENVIRONMENT_FILTER,
+    NONE,
+    ProjectScopedMixin,
+    ReadOnlyAdminMixin,
+    ServiceFormMixin,
+    badge,
+    consequence,
+    fields_table,
+    label,
+)
 from gates.audit import Actor
+from gates.charts import distribution_text, history_text
 from gates.errors import ServiceError
 from gates.models import BypassApproval, BypassRequest, CheckResult, Validation
 from gates.permissions import may, projects_where
+from gates.report import format_change, format_measure, format_p
 from gates.services import bypass_approve, bypass_reject, bypass_request, validation_cancel
 from gates.services.bypasses import bypass_refusal
 
@@ -25,12 +40,12 @@ class CheckResultInline(ReadOnlyAdminMixin, admin.TabularInline):
     fields = (
         "verdict_badge",
         "label",
-        "severity",
-        "observed",
-        "baseline_value",
+        "severity_shown",
+        "observed_shown",
+        "baseline_shown",
         "change",
-        "limit",
-        "p_value",
+        "limit_shown",
+        "p_shown",
         "reason",
     )
     readonly_fields = fields
@@ -40,9 +55,30 @@ class CheckResultInline(ReadOnlyAdminMixin, admin.TabularInline):
     def verdict_badge(self, obj):
         return badge(obj.verdict)
 
+    @admin.display(description="severity")
+    def severity_shown(self, obj):
+        return label(obj.severity)
+
+    @admin.display(description="observed")
+    def observed_shown(self, obj):
+        return format_measure(obj.observed, obj.metric, obj.aggregation)
+
+    @admin.display(description="baseline")
+    def baseline_shown(self, obj):
+        return format_measure(obj.baseline_value, obj.metric, obj.aggregation)
+
     @admin.display(description="change")
     def change(self, obj):
-        return "—" if obj.change_pct is None else f"{obj.change_pct:+.1f}%"
+        return format_change(obj.change_pct)
+
+    @admin.display(description="limit")
+    def limit_shown(self, obj):
+        return format_measure(obj.limit, obj.metric, obj.aggregation)
+
+    @admin.display(description="p value")
+    def p_shown(self, obj):
+        """Only a relative check that ran a test has one."""
+        return format_p(obj.p_value).removeprefix("p=") or NONE
 
 
 @admin.register(Validation)
@@ -74,18 +110,18 @@ class ValidationAdmin(ReadOnlyAdminMixin, ProjectScopedMixin, admin.ModelAdmin):
                 continue
             self.message_user(request, f"{validation}: cancel requested.")
 
+    # Few, narrow columns: the "why" must read at 1,280 px beside the menu and the filters (the git
+    # hash is on the validation's page, and searchable here).
     list_display = (
         "build_id",
-        "project",
-        "environment_name",
+        "where",
         "status_badge",
         "verdict_badge",
-        "deployment_allowed",
-        "git_short",
+        "deployment",
         "short_reason",
-        "created_at",
+        "created",
     )
-    list_filter = ("status", "verdict", "environment__name", ("project", admin.RelatedOnlyFieldListFilter))
+    list_filter = ("status", "verdict", ENVIRONMENT_FILTER, ("project", admin.RelatedOnlyFieldListFilter))
     list_select_related = ("project", "environment")
     search_fields = ("build_id", "git_hash", "branch")
     date_hierarchy = "created_at"
@@ -100,25 +136,30 @@ class ValidationAdmin(ReadOnlyAdminMixin, ProjectScopedMixin, admin.ModelAdmin):
         "status_badge",
         "verdict_badge",
         "notices",
-        "deployment_allowed",
-        "would_block",
+        "deployment",
+        "enforcement",
         "status_reason",
         "reasons",
         "chart",
         "bypasses",
         "baseline",
         "requested_by",
-        "test_config",
-        "deployment_context",
+        "test_config_shown",
+        "deployment_context_shown",
         "created_at",
         "started_at",
         "finished_at",
     )
     readonly_fields = fields
+    change_list_template = "admin/gates/validation/change_list.html"
 
-    @admin.display(description="environment", ordering="environment__name")
-    def environment_name(self, obj):
-        return obj.environment.name
+    @admin.display(description="created", ordering="created_at")
+    def created(self, obj):
+        return date_format(localtime(obj.created_at), "DATETIME_FORMAT")
+
+    @admin.display(description="where", ordering="project__slug")
+    def where(self, obj):
+        return f"{obj.project.slug} / {obj.environment.name}"
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj):
@@ -128,32 +169,74 @@ class ValidationAdmin(ReadOnlyAdminMixin, ProjectScopedMixin, admin.ModelAdmin):
     def verdict_badge(self, obj):
         return badge(obj.verdict)
 
-    @admin.display(description="git")
-    def git_short(self, obj):
-        return obj.git_hash[:10]
+    @admin.display(description="deploy", ordering="deployment_allowed")
+    def deployment(self, obj):
+        """What CI acts on, in words: a green tick on a pending row would say more than is known."""
+        if obj.deployment_allowed is None or obj.status in Validation.PENDING_STATUSES:
+            return NONE
+        return badge("allowed") if obj.deployment_allowed else badge("blocked")
+
+    @admin.display(description="enforcement")
+    def enforcement(self, obj):
+        """Whether enforcement blocks this verdict (in shadow mode: would have blocked)."""
+        return consequence(obj.would_block, "block")
+
+    @admin.display(description="test config")
+    def test_config_shown(self, obj):
+        return fields_table(obj.test_config)
+
+    @admin.display(description="deployment context")
+    def deployment_context_shown(self, obj):
+        return fields_table(obj.deployment_context)
 
     @admin.display(description="why")
     def short_reason(self, obj):
         reason = obj.status_reason
-        return reason if len(reason) <= 120 else reason[:119] + "…"
+        if not reason:
+            return NONE
+        shown = reason if len(reason) <= 160 else reason[:159] + "…"
+        return format_html('<span class="perfgate-why" title="{}">{}</span>', reason, shown)
 
-    @admin.display(description="history")
+    @admin.display(description="charts")
     def chart(self, obj):
-        url = reverse("validation-chart", args=[obj.pk])
-        return format_html(
-            '<img src="{}" alt="p(95) history of {}" width="720" height="300">', url, obj.scenario
+        """The history with the baseline's runs and the decision's band, and the latency
+        distribution against the baseline; under each, its numbers in words (an image's
+        ``<desc>`` reaches no screen reader)."""
+
+        def figure(url, alt, caption, lines):
+            return format_html(
+                '<figure class="perfgate-chart" style="margin:0 0 1em">'
+                '<img src="{}" alt="{}" width="720" height="340" style="max-width:100%;height:auto">'
+                "<figcaption>{}<details><summary>The numbers</summary><ul>{}</ul></details></figcaption>"
+                "</figure>",
+                url,
+                alt,
+                caption,
+                format_html_join("", "<li>{}</li>", ((line,) for line in lines)),
+            )
+
+        return figure(
+            reverse("validation-chart", args=[obj.pk]),
+            f"p(95) history of {obj.scenario}",
+            "",
+            history_text(**selectors.chart_of(obj)),
+        ) + figure(
+            reverse("validation-distribution-chart", args=[obj.pk]),
+            f"Latency distribution of {obj.build_id} against the baseline",
+            "Drawn from the stored percentiles (perfgate keeps no raw samples). ",
+            distribution_text(**selectors.distribution_of(obj)),
         )
 
     @admin.display(description="bypass requests")
     def bypasses(self, obj):
         rows = [
-            (reverse("admin:gates_bypassrequest_change", args=[b.pk]), b.status, b.requested_by)
+            (reverse("admin:gates_bypassrequest_change", args=[b.pk]), label(b.status), b.requested_by)
             for b in obj.bypass_requests.all()
         ]
         if not rows:
-            return "—"
+            return NONE
         return format_html(
-            "<ul>{}</ul>", format_html_join("", '<li><a href="{}">{}</a> — asked by {}</li>', rows)
+            "<ul>{}</ul>", format_html_join("", '<li><a href="{}">{}</a>, asked by {}</li>', rows)
         )
 
     @admin.display(description="notices")
@@ -162,7 +245,7 @@ class ValidationAdmin(ReadOnlyAdminMixin, ProjectScopedMixin, admin.ModelAdmin):
         (e.g. "relative rules are not active: no baseline since …")."""
         notices = (obj.report or {}).get("notices") or []
         if not notices:
-            return "—"
+            return NONE
         return format_html(
             '<ul style="margin:0;padding:0;list-style:none">{}</ul>',
             format_html_join(
@@ -173,7 +256,7 @@ class ValidationAdmin(ReadOnlyAdminMixin, ProjectScopedMixin, admin.ModelAdmin):
     @admin.display(description="blocking reasons")
     def reasons(self, obj):
         if not obj.blocking_reasons:
-            return "—"
+            return NONE
         return format_html(
             "<ul>{}</ul>", format_html_join("", "<li>{}</li>", ((r,) for r in obj.blocking_reasons))
         )
@@ -184,6 +267,21 @@ class BypassApprovalInline(ReadOnlyAdminMixin, admin.TabularInline):
     extra = 0
     fields = ("approver", "created_at")
     readonly_fields = fields
+
+
+ASKING_RIGHT = "block_deployment"
+
+
+def askable_validations(user):
+    """The validations ``user`` may ask a bypass for, by the service's rule (``bypass_request``):
+    blocked, of a project where they hold ``block_deployment``, with no request already waiting."""
+    return (
+        Validation.objects.filter(
+            status=Validation.Status.BLOCKED, project__in=projects_where(user, ASKING_RIGHT)
+        )
+        .exclude(bypass_requests__status=BypassRequest.Status.PENDING)
+        .select_related("project", "environment")
+    )
 
 
 class BypassRequestForm(forms.ModelForm):
@@ -209,6 +307,7 @@ class BypassRequestAdmin(ServiceFormMixin, ProjectScopedMixin, admin.ModelAdmin)
     says whether you may decide it, by asking the services' own ``bypass_refusal``."""
 
     change_right = "approve_bypass"
+    change_list_template = "admin/gates/bypassrequest/change_list.html"
     list_display = (
         "build_id",
         "project",
@@ -219,7 +318,7 @@ class BypassRequestAdmin(ServiceFormMixin, ProjectScopedMixin, admin.ModelAdmin)
         "expires_at",
         "created_at",
     )
-    list_filter = ("status", "environment__name", ("project", admin.RelatedOnlyFieldListFilter))
+    list_filter = ("status", ENVIRONMENT_FILTER, ("project", admin.RelatedOnlyFieldListFilter))
     list_select_related = ("project", "environment")
     search_fields = ("build_id", "justification", "requested_by")
     inlines = [BypassApprovalInline]
@@ -233,7 +332,7 @@ class BypassRequestAdmin(ServiceFormMixin, ProjectScopedMixin, admin.ModelAdmin)
         "justification",
         "ticket_url",
         "requested_by",
-        "requester_names",
+        "requester_names_shown",
         "required_approvals",
         "expires_at",
         "decided_at",
@@ -245,6 +344,11 @@ class BypassRequestAdmin(ServiceFormMixin, ProjectScopedMixin, admin.ModelAdmin)
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj):
         return badge(obj.status)
+
+    @admin.display(description="people who may not approve it")
+    def requester_names_shown(self, obj):
+        """Everyone behind the request (``requester_names``)."""
+        return ", ".join(obj.requester_names or ()) or NONE
 
     @admin.display(description="approvals")
     def approvals_count(self, obj):
@@ -259,7 +363,7 @@ class BypassRequestAdmin(ServiceFormMixin, ProjectScopedMixin, admin.ModelAdmin)
         @admin.display(description="your decision")
         def your_decision(bypass):
             if bypass.status != BypassRequest.Status.PENDING:
-                return "—"
+                return NONE
             refusal = bypass_refusal(bypass=bypass, user=request.user)
             return "you may approve" if refusal is None else refusal.detail
 
@@ -283,10 +387,28 @@ class BypassRequestAdmin(ServiceFormMixin, ProjectScopedMixin, admin.ModelAdmin)
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.name == "validation":
-            kwargs["queryset"] = Validation.objects.filter(
-                status=Validation.Status.BLOCKED, project__in=projects_where(request.user, "block_deployment")
-            ).select_related("project", "environment")
+            kwargs["queryset"] = askable_validations(request.user)
+            kwargs["help_text"] = (
+                "Blocked builds of the projects where you hold block_deployment, without a request "
+                "already waiting for approval."
+            )
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = {**(extra_context or {}), "asking_note": self._asking_note(request)}
+        return super().changelist_view(request, extra_context)
+
+    def _asking_note(self, request) -> str:
+        """Why the user sees no way to ask for a bypass, when they may approve one: asking takes
+        ``block_deployment`` on the project (the service's rule), approving ``approve_bypass``."""
+        if projects_where(request.user, ASKING_RIGHT).exists():
+            return ""
+        if not projects_where(request.user, "approve_bypass").exists():
+            return ""
+        return (
+            "You may approve or reject bypass requests; asking for one needs the block_deployment "
+            "right on the project."
+        )
 
     def has_change_permission(self, request, obj=None):
         # Opening a request to read it is viewing; it is never edited.
@@ -296,7 +418,7 @@ class BypassRequestAdmin(ServiceFormMixin, ProjectScopedMixin, admin.ModelAdmin)
         return False
 
     def has_add_permission(self, request):
-        asking = projects_where(request.user, "block_deployment")
+        asking = projects_where(request.user, ASKING_RIGHT)
         return super().has_add_permission(request) and asking.exists()
 
     def _open_requests_decidable(self, request, *, approving: bool) -> bool:

@@ -18,7 +18,14 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django.utils.timezone import localtime
 
-from gates.admin.base import ProjectScopedMixin, ReadOnlyAdminMixin
+from gates.admin.base import (
+    ENVIRONMENT_FILTER,
+    NONE,
+    ProjectScopedMixin,
+    ReadOnlyAdminMixin,
+    consequence,
+    label,
+)
 from gates.audit import Actor
 from gates.charts import ProbeBand, ProbePoint, probe_svg, probe_text
 from gates.errors import ServiceError
@@ -56,20 +63,20 @@ STATE_COLOURS = {
 }
 
 
-def state_badge(value: str, label: str = ""):
+def state_badge(value: str, text: str = ""):
     if not value:
-        return "—"
+        return NONE
     colour = STATE_COLOURS.get(value, "#57606a")
-    return format_html('<strong style="color:{}">{}</strong>', colour, label or value.replace("_", " "))
+    return format_html('<strong style="color:{}">{}</strong>', colour, label(text or value))
 
 
 def _when(moment) -> str:
-    return date_format(localtime(moment), "DATETIME_FORMAT") if moment else "—"
+    return date_format(localtime(moment), "DATETIME_FORMAT") if moment else NONE
 
 
 def _link(model_name: str, obj, text=None):
     if obj is None:
-        return "—"
+        return NONE
     url = reverse(f"admin:gates_{model_name}_change", args=[obj.pk])
     return format_html('<a href="{}">{}</a>', url, text if text is not None else obj)
 
@@ -157,7 +164,7 @@ class WatchAdmin(ReasonPageMixin, ReadOnlyAdminMixin, ProjectScopedMixin, admin.
         "created_at",
         "ends_at",
     )
-    list_filter = ("state", "source", "environment__name", ("project", admin.RelatedOnlyFieldListFilter))
+    list_filter = ("state", "source", ENVIRONMENT_FILTER, ("project", admin.RelatedOnlyFieldListFilter))
     list_select_related = ("project", "environment", "validation")
     search_fields = ("validation__build_id", "deployment_id", "target_url")
     actions = ["stop"]
@@ -182,7 +189,7 @@ class WatchAdmin(ReasonPageMixin, ReadOnlyAdminMixin, ProjectScopedMixin, admin.
                 )
             },
         ),
-        ("Counters and limits", {"fields": ("limits_table", "dry_run", "would_roll_back")}),
+        ("Counters and limits", {"fields": ("limits_table", "dry_run", "rollback_consequence")}),
         ("Policy", {"fields": ("policy_table", "scenario")}),
         ("Probe baseline", {"fields": ("baseline_source", "baseline_table", "baseline_url")}),
         ("Probes", {"fields": ("charts", "probes_table")}),
@@ -211,6 +218,11 @@ class WatchAdmin(ReasonPageMixin, ReadOnlyAdminMixin, ProjectScopedMixin, admin.
     @admin.display(description="state", ordering="state")
     def state_badge(self, obj):
         return state_badge(obj.state, obj.get_state_display())
+
+    @admin.display(description="enforcement")
+    def rollback_consequence(self, obj):
+        """Whether what the probes saw calls for a rollback (in a dry run: would have)."""
+        return consequence(obj.would_roll_back, "roll back")
 
     @admin.display(description="failed / limit")
     def failures_against_limit(self, obj):
@@ -246,7 +258,7 @@ class WatchAdmin(ReasonPageMixin, ReadOnlyAdminMixin, ProjectScopedMixin, admin.
                 f"consecutiveErrorLimit {obj.limit('consecutiveErrorLimit')}",
                 "the watch stops and people are told; an error never rolls back",
             ),
-            ("probes run", obj.probes_run, "—", f"{obj.failures} failed, {obj.errors} errors in all"),
+            ("probes run", obj.probes_run, NONE, f"{obj.failures} failed, {obj.errors} errors in all"),
         ]
         return format_html(
             '<table class="perfgate-limits"><thead><tr><th>counter</th><th>now</th><th>limit</th>'
@@ -257,10 +269,10 @@ class WatchAdmin(ReasonPageMixin, ReadOnlyAdminMixin, ProjectScopedMixin, admin.
     @admin.display(description="policy when the watch began")
     def policy_table(self, obj):
         if not obj.policy:
-            return "—"
+            return NONE
         seconds = {"initialDelay", "interval", "window"}
         rows = [
-            (name, f"{value} s" if name in seconds else ("—" if value is None else value))
+            (name, f"{value} s" if name in seconds else (NONE if value is None else value))
             for name, value in obj.policy.items()
         ]
         return format_html(
@@ -339,16 +351,16 @@ class WatchAdmin(ReasonPageMixin, ReadOnlyAdminMixin, ProjectScopedMixin, admin.
                 probe.number,
                 probe.get_trigger_display(),
                 state_badge(probe.outcome),
-                probe.verdict or "—",
+                probe.verdict or NONE,
                 ", ".join(
                     f"{key.replace('|', ' ')} {value:.1f}"
                     for key, value in sorted((probe.values or {}).items())
                 )
-                or "—",
+                or NONE,
                 f"{probe.duration_seconds:.1f} s",
                 _when(probe.started_at),
                 probe.target_url,
-                probe.reason or "—",
+                probe.reason or NONE,
             )
             for probe in probes
         )
@@ -370,14 +382,14 @@ class WatchAdmin(ReasonPageMixin, ReadOnlyAdminMixin, ProjectScopedMixin, admin.
         if rollback is None:
             return "None decided."
         return format_html(
-            "{} — {}", _link("rollback", rollback, rollback.get_state_display()), rollback.detail or "—"
+            "{}: {}", _link("rollback", rollback, rollback.get_state_display()), rollback.detail or NONE
         )
 
     @admin.display(description="notices")
     def notices_list(self, obj):
         notices = list(obj.notices.order_by("-created_at")[:50])
         if not notices:
-            return "—"
+            return NONE
         return format_html(
             '<ul style="margin:0;padding:0;list-style:none">{}</ul>',
             format_html_join(
@@ -482,7 +494,7 @@ class RollbackAdmin(ReasonPageMixin, ReadOnlyAdminMixin, ProjectScopedMixin, adm
         "created_at",
         "finished_at",
     )
-    list_filter = ("state", "trigger", "environment__name", ("project", admin.RelatedOnlyFieldListFilter))
+    list_filter = ("state", "trigger", ENVIRONMENT_FILTER, ("project", admin.RelatedOnlyFieldListFilter))
     list_select_related = ("project", "environment", "validation", "target_validation")
     search_fields = ("validation__build_id", "target_validation__build_id", "reason", "decided_by")
     actions = ["approve", "reject"]
@@ -546,7 +558,7 @@ class RollbackAdmin(ReasonPageMixin, ReadOnlyAdminMixin, ProjectScopedMixin, adm
         @admin.display(description="your decision")
         def your_decision(rollback):
             if rollback.state != Rollback.State.PROPOSED:
-                return "—"
+                return NONE
             if not may(request.user, RIGHT, rollback.project):
                 return f"needs {RIGHT} on {rollback.project.slug}"
             # The list is one form already (its actions); this button posts it to the approve URL.
@@ -670,7 +682,7 @@ class NoticeAdmin(ReadOnlyAdminMixin, ProjectScopedMixin, admin.ModelAdmin):
     done or failed, alerts no probe confirmed): read-only."""
 
     list_display = ("created_at", "level_badge", "title", "project", "environment_name", "kind")
-    list_filter = ("level", "kind", "environment__name", ("project", admin.RelatedOnlyFieldListFilter))
+    list_filter = ("level", "kind", ENVIRONMENT_FILTER, ("project", admin.RelatedOnlyFieldListFilter))
     list_select_related = ("project", "environment")
     search_fields = ("title", "text", "kind")
     date_hierarchy = "created_at"

@@ -16,6 +16,7 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
@@ -24,6 +25,7 @@ from gates.documents import validation_links
 from gates.models import Notice, Validation
 from gates.permissions import users_with_right
 from gates.registry import Change
+from gates.report import unit_of
 from integrations.models import Notification, NotificationChannel, OutboundCall
 from integrations.outbox import queue_delivery
 
@@ -129,8 +131,6 @@ def notify_notice(notice: Notice) -> None:
 
 def _tell_requester(notice: Notice, item: dict) -> None:
     """The person who asked for a bypass hears the decision by email, channel or not."""
-    from django.contrib.auth import get_user_model
-
     names = notice.bypass.requester_names
     addresses = sorted(
         {
@@ -183,21 +183,8 @@ def outbox_gave_up(call: OutboundCall, error: str) -> None:
 # --- items ----------------------------------------------------------------------------------------
 
 
-def _unit(check: dict) -> tuple[str, float]:
-    """How a check's numbers read: (unit, factor). Durations are in ms, error rates in %."""
-    metric = (check.get("metric") or "").split("{")[0]
-    aggregation = check.get("aggregation") or ""
-    if metric.endswith("_duration") or metric in ("http_req_waiting", "http_req_connecting"):
-        return "ms", 1.0
-    if metric == "http_reqs" and aggregation == "rate":
-        return "req/s", 1.0
-    if metric.endswith("_failed") or metric == "checks":
-        return "%", 100.0
-    return "", 1.0
-
-
 def _check_item(check: dict) -> dict:
-    unit, factor = _unit(check)
+    unit, factor = unit_of(check.get("metric"), check.get("aggregation"))
 
     def scaled(key):
         value = check.get(key)

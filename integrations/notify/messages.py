@@ -14,10 +14,12 @@ message must not push a block over a limit that Slack measures differently from 
 from __future__ import annotations
 
 import html
-import math
 import unicodedata
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from perfgate_cli.numbers import format_change, format_value
+from perfgate_cli.numbers import format_p as _format_p
 
 __all__ = [
     "BUTTON_TEXT",
@@ -56,9 +58,7 @@ RULE_WIDTH = 40
 TITLE_WIDTH = 150
 REASON_WIDTH = 200
 PEOPLE_WIDTH = 100
-UNIT_WIDTH = 12
 
-NONE = "\u2013"  # one en dash: a value that is missing
 BULLET = "• "
 
 # event: (what one is called, how it is counted, what several of one project are called)
@@ -86,71 +86,6 @@ class EmailContent:
 
 
 # --- numbers --------------------------------------------------------------------------------------
-
-
-def _number(value) -> str | None:
-    """A number rounded for reading, or None when ``value`` is no number."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        if isinstance(value, int) and abs(value) < 10**15:
-            return f"{value:,}"
-        value = float(value)
-    except OverflowError:
-        return "∞" if value > 0 else "-∞"
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "∞" if value > 0 else "-∞"
-    magnitude = abs(value)
-    if magnitude == 0:
-        return "0"
-    if magnitude >= 1e15:
-        return f"{value:.3g}"
-    if magnitude >= 1:
-        return f"{value:,.1f}"
-    if magnitude >= 0.01:
-        return f"{value:.2f}"
-    return f"{value:.2g}"
-
-
-def format_value(value, unit: str = "") -> str:
-    """A measured value with its unit: ``441.0 ms``, ``0.20 %``, ``101.8 req/s``, ``6,120``; an en dash
-    when there is none."""
-    if value is None:
-        return NONE
-    number = _number(value)
-    if number is None:
-        return _cut(_one_line(value), 24)
-    unit = _cut(_one_line(unit), UNIT_WIDTH)
-    return f"{number} {unit}" if unit else number
-
-
-def format_change(pct) -> str:
-    """A change in percent with its sign: ``+25.0 %``, ``-3.0 %``; an en dash when there is none."""
-    if pct is None:
-        return NONE
-    if isinstance(pct, bool) or not isinstance(pct, int | float):
-        return _cut(_one_line(pct), 24)
-    try:
-        pct = float(pct)
-    except OverflowError:
-        return "+∞ %" if pct > 0 else "-∞ %"
-    if not math.isfinite(pct):
-        return f"{_number(pct)} %"
-    return f"{pct:+.3g} %" if abs(pct) >= 1e6 else f"{pct:+.1f} %"
-
-
-def _format_p(p) -> str:
-    if p is None:
-        return ""
-    if isinstance(p, bool) or not isinstance(p, int | float):
-        return "p=" + _cut(_one_line(p), 12)
-    try:
-        p = float(p)
-    except OverflowError:
-        return "p=∞"
-    return f"p={p:.2g}" if math.isfinite(p) else f"p={_number(p)}"
 
 
 # --- text -----------------------------------------------------------------------------------------

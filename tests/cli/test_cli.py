@@ -62,6 +62,8 @@ CHECK = {
     "rule": "http_req_duration p(95) relative",
     "kind": "relative",
     "severity": "key",
+    "metric": "http_req_duration",
+    "aggregation": "p(95)",
     "verdict": "pass",
     "observed": 341.0,
     "baseline": 352.9,
@@ -452,8 +454,10 @@ def test_validate_exits_0_and_prints_the_check_table_when_deployment_is_allowed(
     out, err = capsys.readouterr()
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["rule", "observed", "baseline", "change", "limit", "verdict", "reason"]
+    assert lines[0].split() == ["rule", "observed", "baseline", "change", "limit", "p", "verdict", "reason"]
     assert "http_req_duration p(95) relative" in out
+    # Rounded, with the metric's unit, the change signed, the test's p value.
+    assert lines[2].split()[3:12] == ["341.0", "ms", "352.9", "ms", "-3.4", "%", "388.2", "ms", "0.41"]
     assert lines[-1] == (
         "wedsync-web/staging build gha-9876543-1: status passed, verdict pass → deployment allowed"
     )
@@ -513,7 +517,7 @@ def test_a_blocked_validation_exits_1_and_lists_the_blocking_reasons(server, cap
 
     out, _ = capsys.readouterr()
     assert code == 1
-    assert "+25.0%" in out
+    assert "+25.0 %" in out
     assert "Blocking reasons:\n  - http_req_duration p(95) 441.0 ms is 25.0% above baseline 352.9 ms" in out
     assert "Status reason: A key rule failed." in out
     assert f"Admin: {server.url}/admin/gates/validation/7b0f5a86/" in out
@@ -572,7 +576,7 @@ def test_waiting_gives_up_with_exit_2_when_the_validation_is_still_running_at_th
     assert "perfgate: still running after 2 s (--timeout)." in err
     follow = "perfgate status --project wedsync-web --environment staging --build gha-9876543-1 --wait"
     assert f"follow it with: {follow}" in err
-    assert out.splitlines()[-1].endswith("status running, verdict — → pending")
+    assert out.splitlines()[-1].endswith("status running, verdict \u2013 → pending")
 
 
 def test_validate_without_wait_exits_2_and_says_how_to_follow_a_queued_validation(server, capsys):
@@ -817,7 +821,7 @@ def test_status_wait_follows_a_running_validation_in_a_real_process(server, tmp_
     assert code == 0, err
     assert "perfgate: running" in err
     assert "50 requests, 25.0 req/s" in err
-    assert out.splitlines()[-1].endswith("status bypassed, verdict fail → deployment allowed")
+    assert "status bypassed, verdict fail → deployment allowed (bypassed:" in out.splitlines()[-1]
     assert TOKEN not in out + err
 
 
@@ -987,3 +991,27 @@ def test_the_servers_installation_still_provides_the_perfgate_command(server):
 
     assert completed.returncode == 1, completed.stderr
     assert "  - error rate doubled" in completed.stdout
+
+
+def test_status_of_a_bypassed_build_says_it_was_bypassed_not_shadow_mode(server, capsys):
+    # A bypass keeps the gate's would-block, as the server stores it: the build was blocked.
+    server.script(answer(200, validation("bypassed", "fail", True, wouldBlock=True)))
+
+    code = cli.main(perfgate(server, *STATUS_ARGS))
+
+    out, _ = capsys.readouterr()
+    assert code == 0
+    assert "shadow mode" not in out
+    assert out.rstrip().endswith(
+        "status bypassed, verdict fail → deployment allowed "
+        "(bypassed: the gate blocked it; an approved bypass let it through)"
+    )
+
+
+def test_status_in_shadow_mode_says_enforcement_would_have_blocked(server, capsys):
+    server.script(answer(200, validation("passed", "fail", True, wouldBlock=True)))
+
+    cli.main(perfgate(server, *STATUS_ARGS))
+
+    out, _ = capsys.readouterr()
+    assert out.rstrip().endswith("(shadow mode: enforcement would have blocked)")

@@ -256,3 +256,16 @@ def test_a_multipart_request_with_unknown_parts_is_refused(ci_api):
     response = ci_api.client.post(URL, {"request": json.dumps(body()), "extra": "x"}, format="multipart")
     data = assert_error(response, 400, "invalid")
     assert "extra" in data["fields"]
+
+
+def test_the_links_are_absolute_when_a_base_url_was_given(ci_api, settings):
+    settings.PERFGATE_BASE_URL = "https://perfgate.example.com"
+    settings.PERFGATE_BASE_URL_GIVEN = True
+
+    data = ci_api.post(URL, body()).json()
+
+    assert data["links"]["status"] == (
+        "https://perfgate.example.com/api/ci-cd/performance/status/gha-9876543-1"
+        "?project=wedsync-web&environment=staging"
+    )
+    assert all(link.startswith("https://perfgate.example.com/") for link in data["links"].values())

@@ -2,7 +2,7 @@
 
 An ops user approves a bypass that CI asked for and sees the validation turn bypassed; an auditor
 opens the audit log, filters it, sees the chart, and finds no approve action. Screenshots are
-kept in test-artifacts/playwright/.
+kept in test-artefacts/screenshots/.
 """
 
 import shutil
@@ -25,7 +25,7 @@ from tests.factories import make_results, make_validation
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "playwright"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artefacts" / "screenshots"
 PASSWORD = "a long and unguessable test password"
 
 
@@ -111,7 +111,7 @@ def test_ops_approve_a_bypass_and_an_auditor_reviews_it(browser, live_server, sc
     page.screenshot(path=str(ARTIFACTS / "1-ops-approved-bypass.png"), full_page=True)
 
     page.goto(f"{base}/admin/gates/validation/{scene.pk}/change/")
-    assert "bypassed" in page.inner_text("#content")
+    assert "Bypassed" in page.inner_text("#content")
     page.screenshot(path=str(ARTIFACTS / "2-ops-validation-bypassed.png"), full_page=True)
     scene.refresh_from_db()
     assert (scene.status, scene.deployment_allowed, scene.verdict) == ("bypassed", True, "fail")

@@ -1,5 +1,6 @@
 """The README's first command: a real end-to-end run through the API, a worker and k6."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -36,6 +37,48 @@ def processes_marked(marker: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+@pytest.fixture
+def stopped_afterwards():
+    """Whatever a test's demo left running is killed when the test ends, passed or failed: the
+    demo's own process group, and every process carrying the test's marker (its web server,
+    worker and sample API run in sessions of their own)."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    for pid in processes_marked(f"perfgate-demo-test-{os.getpid()}"):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+
+
+def launch(command, env, started, *, ignoring_sigint=False) -> subprocess.Popen:
+    """The demo in a process group of its own (so that the clean-up can stop it whole).
+    ``ignoring_sigint``: started the way a non-interactive shell starts a background job, with
+    SIGINT ignored, which Python keeps ignored unless the program handles it."""
+    if ignoring_sigint:
+        command = [
+            sys.executable,
+            "-c",
+            "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+            "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])",
+            *command[1:],
+        ]
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    started.append(process)
+    return process
 
 
 def demo(tmp_path, *args):
@@ -85,11 +128,9 @@ def test_the_demo_passes_a_good_build_blocks_a_slow_one_and_rolls_a_degraded_rel
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_every_process_the_demo_started(tmp_path):
+def test_ctrl_c_stops_every_process_the_demo_started(tmp_path, stopped_afterwards):
     web, target, command, env = demo(tmp_path, "--no-production")
-    process = subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    process = launch(command, env, stopped_afterwards)
     output = []
     deadline = time.monotonic() + 240
     for line in process.stdout:
@@ -111,3 +152,21 @@ def test_ctrl_c_stops_every_process_the_demo_started(tmp_path):
     assert "Stopping" in rest
     assert not listening(web) and not listening(target)
     assert processes_marked(marker) == []
+
+
+def test_ctrl_c_stops_a_demo_started_as_a_background_job_even_while_it_migrates(tmp_path, stopped_afterwards):
+    web, target, command, env = demo(tmp_path, "--no-serve", "--no-production")
+    process = launch(command, env, stopped_afterwards, ignoring_sigint=True)
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        if "==> Migrating the database" in line:
+            break
+    assert "==> Migrating the database" in "".join(output), "".join(output)[-3000:]
+
+    process.send_signal(signal.SIGINT)
+    rest, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, rest[-2000:]
+    assert "Stopping" in rest and "==> Build demo-" not in rest, rest[-2000:]
+    assert not listening(web) and not listening(target)
+    assert processes_marked(f"perfgate-demo-test-{os.getpid()}") == []

@@ -358,3 +358,30 @@ def test_a_status_that_failed_holds_back_the_later_ones_of_its_commit_and_contex
     assert ("acme/wedsync", SHA) not in fake.statuses, "the later status did not overtake the failed one"
     outbox.deliver_due(wait_seconds=5)
     assert [s["state"] for s in fake.statuses[("acme/wedsync", SHA)]] == ["pending", "failure"]
+
+
+def test_the_summarys_check_table_shows_units_rounded_values_and_p_where_a_test_ran():
+    checks = [
+        {
+            "rule": "http_req_duration p(95) relative",
+            "metric": "http_req_duration",
+            "aggregation": "p(95)",
+            "observed": 441.04999,
+            "baseline": 352.9123,
+            "changePct": 24.97,
+            "limit": 388.2,
+            "pValue": 0.0123,
+            "verdict": "fail",
+            "reason": "above baseline",
+        },
+        {
+            "rule": "http_req_failed rate<0.01",
+            "metric": "http_req_failed",
+            "aggregation": "rate",
+            "observed": 0.002,
+        },
+    ]
+    header, _, latency, errors = markdown_table(checks, max_bytes=65_000).splitlines()
+    assert header == "| rule | observed | baseline | change | limit | p | verdict | reason |"
+    assert "| 441.0 ms | 352.9 ms | +25.0 % | 388.2 ms | 0.012 | fail |" in latency
+    assert "| 0.20 % | \u2013 | \u2013 | \u2013 | \u2013 |" in errors

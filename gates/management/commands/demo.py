@@ -70,6 +70,31 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         self.children: list[tuple[str, subprocess.Popen]] = []
+        self.vercel = None
+        self.stopping = False
+        # Both signals stop the demo, from its first step on. SIGINT is set explicitly: a demo
+        # started as a background job of a non-interactive shell inherits SIGINT ignored, and
+        # Python then never turns Ctrl-C into KeyboardInterrupt.
+        signal.signal(signal.SIGTERM, self.stop_signal)
+        signal.signal(signal.SIGINT, self.stop_signal)
+        try:
+            self.run(options)
+        except KeyboardInterrupt:
+            self.stdout.write("\nStopping…")
+        finally:
+            # A second Ctrl-C must not cut the clean-up short and leave processes behind.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            self.stop_all()
+            if self.vercel is not None:
+                self.vercel.stop()
+
+    def stop_signal(self, signum, frame):
+        if not self.stopping:
+            self.stopping = True
+            raise KeyboardInterrupt
+
+    def run(self, options):
         host, port = options["addr"].rsplit(":", 1)
         for name, (bind_host, bind_port) in {
             "web server": (host, int(port)),
@@ -97,88 +122,73 @@ class Command(BaseCommand):
 
         base_url = f"http://{options['addr']}"
         target_url = f"http://127.0.0.1:{options['target_port']}"
-        stopping = {"now": False}
+        self.start(
+            "sample API",
+            [
+                sys.executable,
+                "-m",
+                "gates.loadtest.sample_target",
+                "--port",
+                str(options["target_port"]),
+                "--latency-ms",
+                str(GOOD_LATENCY_MS),
+            ],
+            ready=f"{target_url}/healthz",
+        )
+        self.start(
+            "web server",
+            [
+                sys.executable,
+                "manage.py",
+                "runserver",
+                options["addr"],
+                "--noreload",
+                "--insecure",
+                "--skip-checks",
+            ],
+            ready=f"{base_url}/healthz",
+        )
+        self.start("worker", [sys.executable, "manage.py", "qcluster"], ready=None)
+        self.step(f"perfgate on {base_url}, a worker, and the sample wedding platform on {target_url}")
 
-        def stop(signum, frame):
-            stopping["now"] = True
-            raise KeyboardInterrupt
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        self.vercel = None
-        try:
-            self.start(
-                "sample API",
-                [
-                    sys.executable,
-                    "-m",
-                    "gates.loadtest.sample_target",
-                    "--port",
-                    str(options["target_port"]),
-                    "--latency-ms",
-                    str(GOOD_LATENCY_MS),
-                ],
-                ready=f"{target_url}/healthz",
+        api = requests.Session()
+        api.headers["Authorization"] = f"Bearer {token}"
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        good_commit = ""
+        for label, latency in (("good", GOOD_LATENCY_MS), ("slow", SLOW_LATENCY_MS)):
+            self.knobs(target_url, latency)
+            build = f"demo-{stamp}-{label}"
+            self.step(
+                f"Build {build}: the sample API answers in {latency:g} ms; CI asks perfgate to check it"
             )
-            self.start(
-                "web server",
-                [
-                    sys.executable,
-                    "manage.py",
-                    "runserver",
-                    options["addr"],
-                    "--noreload",
-                    "--insecure",
-                    "--skip-checks",
-                ],
-                ready=f"{base_url}/healthz",
-            )
-            self.start("worker", [sys.executable, "manage.py", "qcluster"], ready=None)
-            self.step(f"perfgate on {base_url}, a worker, and the sample wedding platform on {target_url}")
+            commit = secrets.token_hex(20)
+            document = self.validate(api, base_url, build, target_url, git_hash=commit)
+            self.report(document)
+            if label == "good" and document["status"] == "passed":
+                good_commit = commit
+                self.stdout.write(f"Build {build} is now the baseline of wedsync-web/staging.")
 
-            api = requests.Session()
-            api.headers["Authorization"] = f"Bearer {token}"
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            good_commit = ""
-            for label, latency in (("good", GOOD_LATENCY_MS), ("slow", SLOW_LATENCY_MS)):
-                self.knobs(target_url, latency)
-                build = f"demo-{stamp}-{label}"
-                self.step(
-                    f"Build {build}: the sample API answers in {latency:g} ms; CI asks perfgate to check it"
-                )
-                commit = secrets.token_hex(20)
-                document = self.validate(api, base_url, build, target_url, git_hash=commit)
-                self.report(document)
-                if label == "good" and document["status"] == "passed":
-                    good_commit = commit
-                    self.stdout.write(f"Build {build} is now the baseline of wedsync-web/staging.")
+        if good_commit and not options["no_production"]:
+            self.production(api, base_url, target_url, project, stamp, good_commit)
 
-            if good_commit and not options["no_production"]:
-                self.production(api, base_url, target_url, project, stamp, good_commit)
-
-            if options["no_serve"]:
-                return
-            username, password = _admin_login()
-            self.step("perfgate is running")
-            self.stdout.write(
-                f"  admin:    {base_url}/admin/\n  login:    {username}\n"
-                f"  password: {password}   (shown once; run the demo again for a new one)\n"
-                f"  API docs: {base_url}/api/docs/\nPress Ctrl-C to stop."
-            )
-            while not stopping["now"]:
-                for name, child in self.children:
-                    if child.poll() is not None:
-                        raise CommandError(f"The {name} stopped unexpectedly (exit {child.returncode}).")
-                time.sleep(1)
-        except KeyboardInterrupt:
-            self.stdout.write("\nStopping…")
-        finally:
-            self.stop_all()
-            if self.vercel is not None:
-                self.vercel.stop()
+        if options["no_serve"]:
+            return
+        username, password = _admin_login()
+        self.step("perfgate is running")
+        self.stdout.write(
+            f"  admin:    {base_url}/admin/\n  login:    {username}\n"
+            f"  password: {password}   (shown once; run the demo again for a new one)\n"
+            f"  API docs: {base_url}/api/docs/\nPress Ctrl-C to stop."
+        )
+        while not self.stopping:
+            for name, child in self.children:
+                if child.poll() is not None:
+                    raise CommandError(f"The {name} stopped unexpectedly (exit {child.returncode}).")
+            time.sleep(1)
 
     def step(self, text: str) -> None:
         self.stdout.write(self.style.MIGRATE_HEADING(f"\n==> {text}"))
+        self.stdout.flush()  # each step shows when it starts, through a pipe or tee too
 
     def start(self, name: str, command: list[str], ready: str | None) -> None:
         # A session of its own: Ctrl-C reaches the demo alone, which then stops each process in
