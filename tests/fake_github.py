@@ -67,7 +67,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.fake_http import KeepAliveHandler, QuietServer
+from tests.fake_http import KeepAliveHandler, LoopbackFake, QuietServer
 
 API_VERSION = "2022-11-28"
 DOCS = "https://docs.github.com/rest"
@@ -202,7 +202,7 @@ class Actor:
         return {"login": self.login, "type": self.type, "id": self.id}
 
 
-class FakeGitHub:
+class FakeGitHub(LoopbackFake):
     def __init__(
         self,
         *,
@@ -250,34 +250,11 @@ class FakeGitHub:
         self._outage: int | None = None
         self._rate_limited_until = 0.0
         self._delay: float | None = None
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> FakeGitHub:
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.fake = self
-        self._server = server
-        self.url = f"http://127.0.0.1:{server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.01}, name="fake-github", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join()
-            self._server = self._thread = None
-
-    def __enter__(self) -> FakeGitHub:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
+        return self._serve(_Server, _Handler, "fake-github")
 
     # -- test setup -----------------------------------------------------------------------------
 

@@ -58,7 +58,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.fake_http import KeepAliveHandler, QuietServer
+from tests.fake_http import KeepAliveHandler, LoopbackFake, QuietServer
 
 TEAM_ID = "T0PERFGATE"
 BROKEN_CODES = {
@@ -103,9 +103,8 @@ def invalid_blocks(reason: str) -> Answer:
     return Answer(400, "invalid_blocks", reason)
 
 
-class FakeSlack:
+class FakeSlack(LoopbackFake):
     def __init__(self):
-        self.base_url = ""
         self.requests: list[Request] = []
         self.messages: list[Message] = []
         self._lock = threading.Lock()
@@ -116,32 +115,13 @@ class FakeSlack:
         self._interval: float | None = None  # seconds between accepted messages of one webhook
         self._last_accepted: dict[str, float] = {}
         self._delay: float | None = None
-        self._server: QuietServer | None = None
-        self._thread: threading.Thread | None = None
 
     def start(self) -> FakeSlack:
-        server = QuietServer(("127.0.0.1", 0), _Handler)
-        server.fake = self
-        self._server = server
-        self.base_url = f"http://127.0.0.1:{server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.01}, name="fake-slack", daemon=True
-        )
-        self._thread.start()
-        return self
+        return self._serve(QuietServer, _Handler, "fake-slack")
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join()
-            self._server = self._thread = None
-
-    def __enter__(self) -> FakeSlack:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
+    @property
+    def base_url(self) -> str:
+        return self.url
 
     def webhook_url(self, name: str) -> str:
         """The URL of the webhook posting to channel ``name``, registered on first use."""

@@ -69,7 +69,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import requests
 
-from tests.fake_http import KeepAliveHandler, QuietServer
+from tests.fake_http import KeepAliveHandler, LoopbackFake, QuietServer
 
 TEAM_ID = "team_Wq3x8PzN5bKd2LmR7tYv1cHe"
 TEAM_SLUG = "acme"
@@ -206,7 +206,7 @@ def not_found(message: str) -> Refused:
     return Refused(404, "not_found", message)
 
 
-class FakeVercel:
+class FakeVercel(LoopbackFake):
     def __init__(
         self,
         *,
@@ -261,34 +261,11 @@ class FakeVercel:
         self._rate_limit: tuple[int, float] | None = None  # (requests, window seconds) per token
         self._token_hits: dict[str, list[float]] = {}
         self._delay: float | None = None
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> FakeVercel:
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.fake = self
-        self._server = server
-        self.url = f"http://127.0.0.1:{server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.01}, name="fake-vercel", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join()
-            self._server = self._thread = None
-
-    def __enter__(self) -> FakeVercel:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
+        return self._serve(_Server, _Handler, "fake-vercel")
 
     @property
     def team_query(self) -> dict[str, str]:
