@@ -17,6 +17,7 @@ from gates.charts.svg import (
     MUTED,
     RED,
     WIDTH,
+    _connect,
     _finite,
     _fmt,
     _in_plot_label,
@@ -229,18 +230,7 @@ def history_svg(
                 f"{escape(_with_unit(value, unit))}</title></circle>"
             )
 
-    previous = None
-    for index, point in enumerate(points):
-        if _finite(point.value) is None:
-            previous = None
-            continue
-        here = (x(index), plot.y(point.value))
-        if previous:
-            svg.add(
-                f'<line x1="{previous[0]:.1f}" y1="{previous[1]:.1f}" x2="{here[0]:.1f}" y2="{here[1]:.1f}" '
-                'stroke="#8c959f"/>'
-            )
-        previous = here
+    _connect(svg, plot, x, [point.value for point in points])
 
     current = next((index for index, point in enumerate(points) if point.current), None)
     if interval is not None:

@@ -12,6 +12,7 @@ from gates.charts.svg import (
     MUTED,
     RED,
     WIDTH,
+    _connect,
     _finite,
     _fmt,
     _in_plot_label,
@@ -97,18 +98,7 @@ def probe_svg(title: str, unit: str, points: list[ProbePoint], band: ProbeBand |
         )
         text = f"probe baseline {_fmt(band.median)} ({band.count} probes)"
         _in_plot_label(svg, plot, plot.right - 2, y, text, "end", BLUE)
-    previous = None
-    for index, point in enumerate(points):
-        if _finite(point.value) is None:
-            previous = None  # no line drawn across a probe that measured nothing
-            continue
-        here = (x(index), plot.y(point.value))
-        if previous:
-            svg.add(
-                f'<line x1="{previous[0]:.1f}" y1="{previous[1]:.1f}" x2="{here[0]:.1f}" y2="{here[1]:.1f}" '
-                'stroke="#8c959f"/>'
-            )
-        previous = here
+    _connect(svg, plot, x, [point.value for point in points])
     step = (plot.right - plot.left) / max(len(points), 1)
     every = max(1, math.ceil((text_width(f"#{points[-1].number}" if points else "#") + 6) / step))
     for index, point in enumerate(points):

@@ -249,3 +249,20 @@ def _in_plot_label(svg: _Svg, plot: _Plot, x: float, y: float, text: str, anchor
 
 # ---------------------------------------------------------------------------------------------
 # The history of a metric over a scenario's validations
+
+
+def _connect(svg: _Svg, plot: _Plot, x, values) -> None:
+    """A grey line through consecutive values (``x(index)`` places each); a missing value breaks
+    the line rather than bridging the gap."""
+    previous = None
+    for index, value in enumerate(values):
+        if _finite(value) is None:
+            previous = None
+            continue
+        here = (x(index), plot.y(value))
+        if previous:
+            svg.add(
+                f'<line x1="{previous[0]:.1f}" y1="{previous[1]:.1f}" x2="{here[0]:.1f}" y2="{here[1]:.1f}" '
+                'stroke="#8c959f"/>'
+            )
+        previous = here
